@@ -1,0 +1,95 @@
+"""The `rsam-dist` command line. Each command loads its input and calls one library function.
+
+    rsam-dist validate configs/digits.yaml              # resolved config + parameter count
+    rsam-dist train configs/digits.yaml --local         # in this process
+    rsam-dist train configs/digits.yaml --set scaling.num_workers=2   # DDP on Ray Train
+    rsam-dist train --resume runs/<name>                # finish a stopped run
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 a failure during the run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from rsam_dist.errors import UserError
+
+SET_HELP = "Override a config value, e.g. --set model.glimpses=6 (repeatable)."
+
+
+class RsamGroup(click.Group):
+    """Turns UserError into one line + exit 2, and any other failure into one line + exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"rsam-dist: error: {err}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("rsam-dist: interrupted; finished epochs and trials are kept (use --resume)", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - the boundary where failures become exit codes
+            if os.environ.get("RSAM_DEBUG"):
+                traceback.print_exc()
+            message = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            click.echo(f"rsam-dist: run failed: {type(err).__name__}: {message} (RSAM_DEBUG=1 shows the trace)",
+                       err=True)
+            sys.exit(1)
+
+
+@click.group(cls=RsamGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rsam-dist")
+def main() -> None:
+    """rsam-dist: train the Recurrent Soft Attention Model with Ray Train, sweep it with Ray Tune."""
+
+
+@main.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--local", is_flag=True, help="Train in this process, without Ray.")
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to use (default: start a local one).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in this directory to its planned epochs.")
+def train(config_file, overrides, local, address, resume_dir) -> None:
+    """Train RSAM from CONFIG_FILE (YAML), by default as a Ray Train job."""
+    from rsam_dist.config import load_config
+    from rsam_dist.runs import load_run_config, with_run_name
+
+    if resume_dir:
+        config = load_run_config(resume_dir, overrides)
+    elif config_file:
+        config = with_run_name(load_config(config_file, overrides))
+    else:
+        raise UserError("give a CONFIG_FILE to train, or --resume RUN_DIR")
+    if local:
+        from rsam_dist.local import train_local
+
+        path, metrics = train_local(config, resume=bool(resume_dir))
+    else:
+        from rsam_dist.ray_train import train_on_ray
+
+        path, metrics = train_on_ray(config, address=address, resume=bool(resume_dir))
+    top1 = metrics.get("test_top1")
+    summary = f"final test top-1 {100 * top1:.2f}%" if top1 is not None else "no epoch finished"
+    click.echo(f"{summary}\nrun directory: {path}\ntensorboard --logdir {path}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def validate(file, overrides) -> None:
+    """Check a training config (or a sweep or cluster file) and print it resolved."""
+    from rsam_dist.validation import validate_file
+
+    click.echo(validate_file(file, overrides))
+
+
+if __name__ == "__main__":
+    main()

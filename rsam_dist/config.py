@@ -1,0 +1,226 @@
+"""Typed training configuration: every default lives here, once.
+
+Precedence, lowest to highest: these defaults < the YAML file < `--set section.key=value` overrides.
+Unknown keys, wrong types and out-of-range values are `UserError`s that name the file, the key and
+what is allowed.
+
+    cfg = load_config("configs/digits.yaml", ["model.glimpses=6"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rsam_dist.errors import UserError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, field docstrings are the docs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    glimpses: int = Field(4, ge=1, le=64)
+    """Number of glimpses N (the paper's headline uses 4)."""
+    feedback: bool = True
+    """Feed C1's hidden state back into C0 after each glimpse (the paper's feedback)."""
+    attention_input: Literal["downsample", "fc"] = "downsample"
+    """What feeds C0: the down-sample CNN, or a fully-connected layer on the flat image (ablation)."""
+    loss: Literal["all_glimpses", "last_glimpse"] = "all_glimpses"
+    """Sum of every glimpse's cross-entropy (paper), or the last glimpse's only (code option)."""
+    combine: Literal["mean_softmax", "sum_log_softmax"] = "mean_softmax"
+    """How glimpses vote: mean of softmaxes (paper) or sum of log-softmaxes (author's code)."""
+    relu_logits: bool = False
+    """The author's code applies ReLU to the logits; a quirk, off by default."""
+    hidden_size: int = Field(256, ge=64, le=4096, multiple_of=64)
+    """LSTM width. The down-sample output is hidden_size/64 maps of 8x8 so C0 reads features and
+    feedback through the same weights, as in the author's code (256 -> 4 maps)."""
+    batchnorm_init: Literal["ones", "uniform"] = "ones"
+    """BatchNorm scale init: current PyTorch (ones) or PyTorch-2017's U(0,1), the author's."""
+
+
+class DataConfig(Section):
+    name: Literal["cifar10", "digits", "synthetic"] = "cifar10"
+    """cifar10 (torchvision), digits (scikit-learn, offline) or synthetic (random, for tests)."""
+    root: str = "data"
+    """Directory holding (or receiving) the CIFAR-10 files."""
+    download: bool = True
+    """Download CIFAR-10 into `root` when it is not there."""
+    synthetic_train_size: int = Field(1024, ge=1)
+    synthetic_test_size: int = Field(256, ge=1)
+    limit_train: int | None = Field(None, ge=1)
+    """Use only the first N training images (smoke runs)."""
+    limit_test: int | None = Field(None, ge=1)
+    """Use only the first N test images (smoke runs)."""
+    split_seed: int = 0
+    """Seed of the fixed digits train/test split and of the synthetic data."""
+
+
+class OptimConfig(Section):
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    """Applied to every parameter, BatchNorm and biases included, as the author's code does."""
+    lr_decay: float = Field(0.95, gt=0, le=1)
+    """lr is multiplied by this after every epoch."""
+    batch_size: int = Field(128, ge=1)
+    """Global batch size: each of the scaling.num_workers workers takes batch_size/num_workers."""
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto picks the GPU that Ray (or CUDA) gives the worker, else the CPU."""
+    storage: str = "runs"
+    """Where run directories go: a local directory or a URI Ray's storage understands (s3://...)."""
+    name: str | None = None
+    """Run directory name under `storage`; a timestamped one when unset."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Keep the last K epoch checkpoints (and, separately, the best one)."""
+    max_failures: int = Field(2, ge=-1)
+    """Worker-group restarts Ray Train may make from the last checkpoint (-1: unlimited)."""
+    mask_images: int = Field(8, ge=0, le=64)
+    """Fixed test images whose glimpse masks are logged to TensorBoard every epoch (0: none)."""
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    """0 trains on CPUs with gloo; >0 uses nccl. Fractions only for single-worker runs."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    batchnorm: Literal["plain", "sync"] = "plain"
+    """plain: each worker normalises with its own share of the batch (the paper's per-batch
+    statistics at batch/num_workers); sync: SyncBatchNorm over the global batch (GPUs only)."""
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingConfig = ScalingConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Config:
+        workers = self.scaling.num_workers
+        if self.optim.batch_size % workers:
+            raise ValueError(
+                f"optim.batch_size {self.optim.batch_size} is the global batch and must divide by "
+                f"scaling.num_workers {workers}"
+            )
+        if self.scaling.batchnorm == "sync" and self.scaling.gpus_per_worker == 0:
+            raise ValueError("scaling.batchnorm=sync needs GPUs (gpus_per_worker > 0); use plain on CPUs")
+        if workers > 1 and 0 < self.scaling.gpus_per_worker < 1:
+            raise ValueError(
+                "scaling.gpus_per_worker must be a whole number when num_workers > 1 "
+                "(nccl refuses two ranks on one GPU); fractions are for single-worker trials"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML + overrides -> Config, with errors a user can act on
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, or a UserError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (['section', 'key'], value), the value read as a YAML scalar."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set model.glimpses=6")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a copy of `raw`; unknown keys are caught later by validation."""
+    merged = _deep_copy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = merged
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return merged
+
+
+def validate_dict(model: type[BaseModel], raw: dict[str, Any], source: str) -> Any:
+    """Validate `raw` against `model`; the first error becomes a one-line UserError."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"{source}: {describe_validation_error(model, err)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "--set"
+    return validate_dict(Config, apply_overrides(raw, list(overrides)), source)
+
+
+def describe_validation_error(model: type[BaseModel], err: ValidationError) -> str:
+    """One line for the first error: the dotted key, what was wrong, what is allowed."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return f"unknown key '{key}' (allowed here: {', '.join(allowed)})"
+    message = first["msg"]
+    if first["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+        return message if not loc else f"{key}: {message}"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {message}{shown}"
+
+
+def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}

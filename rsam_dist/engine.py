@@ -1,0 +1,71 @@
+"""One epoch of training and one evaluation: loops over tensors that return plain numbers.
+
+Both work on this rank's share and reduce over the `World`, so their results are global.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from rsam_dist.config import ModelConfig
+from rsam_dist.data import ImageSplit, test_shard
+from rsam_dist.distributed import World
+from rsam_dist.model import combined_scores, rsam_loss
+
+EVAL_BATCH = 500
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: ImageSplit,
+    batches: Iterable[torch.Tensor],
+    model_config: ModelConfig,
+    world: World,
+) -> tuple[float, int]:
+    """Train on this rank's `batches`; returns (mean loss over all ranks, images seen by all ranks)."""
+    model.train()
+    device = split.labels.device
+    loss_sum = torch.zeros((), device=device)
+    steps = 0
+    for indices in batches:
+        images, labels = split.batch(indices.to(device))
+        loss = rsam_loss(model(images), labels, model_config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        steps += 1
+        local_batch = labels.shape[0]
+    totals = world.sum(torch.stack([loss_sum, torch.tensor(float(steps), device=device)]))
+    mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"training loss became {mean_loss}; lower optim.lr")
+    images_seen = steps * local_batch * world.size if steps else 0
+    return mean_loss, images_seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: ImageSplit, model_config: ModelConfig, world: World) -> dict[str, float]:
+    """Top-1 of the combined prediction and of each glimpse, over the whole split exactly once."""
+    model.eval()
+    device = split.labels.device
+    shard = test_shard(len(split), world.rank, world.size).to(device)
+    glimpses = model_config.glimpses
+    correct = torch.zeros(glimpses + 2, device=device)  # combined, each glimpse, count
+    for start in range(0, shard.numel(), EVAL_BATCH):
+        images, labels = split.batch(shard[start : start + EVAL_BATCH])
+        output = model(images)
+        correct[0] += (combined_scores(output, model_config).argmax(-1) == labels).sum()
+        correct[1 : glimpses + 1] += (output.logits.argmax(-1) == labels).sum(-1)
+        correct[-1] += labels.numel()
+    totals = world.sum(correct)
+    count = totals[-1].clamp(min=1)
+    metrics = {"test_top1": (totals[0] / count).item()}
+    for glimpse in range(glimpses):
+        metrics[f"test_top1_glimpse_{glimpse + 1}"] = (totals[glimpse + 1] / count).item()
+    return metrics

@@ -1,0 +1,45 @@
+"""What rank 0 does with each finished epoch, on every path: the progress line, TensorBoard, and
+the best checkpoint. (Epoch checkpoints differ by path: Ray's in ray_train.py, ours in local.py.)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rsam_dist.config import Config
+from rsam_dist.runs import STATE_FILE, save_state, tensorboard_dir
+from rsam_dist.tensorboard_log import TensorBoardLogger
+from rsam_dist.training import EpochResult, TrainState
+
+
+def format_epoch_line(metrics: dict[str, float], epochs: int) -> str:
+    glimpses = " ".join(
+        f"{100 * value:.1f}" for key, value in metrics.items() if key.startswith("test_top1_glimpse_")
+    )
+    return (
+        f"epoch {int(metrics['epoch']):>3}/{epochs}  loss {metrics['train_loss']:.4f}  "
+        f"test top-1 {100 * metrics['test_top1']:.2f}%  (per glimpse {glimpses})  "
+        f"lr {metrics['lr']:.5f}  {metrics['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f} s"
+    )
+
+
+class EpochRecorder:
+    def __init__(self, config: Config, run_path: str, quiet: bool = False):
+        self.config = config
+        self.run_path = run_path
+        self.quiet = quiet
+        self.logger = TensorBoardLogger(tensorboard_dir(run_path, config), config)
+        self.last_metrics: dict[str, float] = {}
+
+    def record(self, result: EpochResult, state: TrainState) -> None:
+        self.last_metrics = result.metrics
+        if not self.quiet:
+            print(format_epoch_line(result.metrics, self.config.train.epochs), file=sys.stdout, flush=True)
+        self.logger.log_epoch(result)
+        if result.metrics["test_top1"] >= state.best_top1:  # best_top1 already includes this epoch
+            save_state(f"{self.run_path}/best/{STATE_FILE}", state.state_dict())
+
+    def finish(self, state: TrainState) -> None:
+        if self.last_metrics:
+            self.logger.log_hparams(self.last_metrics, state.best_top1)
+        self.logger.close()

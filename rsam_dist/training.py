@@ -1,0 +1,151 @@
+"""The training loop: `fit(config, on_epoch)` trains and evaluates RSAM for `train.epochs` epochs.
+
+It knows nothing about Ray. Run it in one process (`rsam-dist train --local`), or on every
+worker of a data-parallel group that someone else set up (Ray Train, torchrun): it reads its
+rank from torch.distributed, takes its shard of every global batch, and reduces its metrics.
+Whoever calls it decides what happens with each epoch's metrics and state (print, TensorBoard,
+checkpoints) through `on_epoch`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsam_dist.config import Config
+from rsam_dist.data import Dataset, load_dataset, train_batches
+from rsam_dist.distributed import World, pick_device
+from rsam_dist.engine import evaluate, train_one_epoch
+from rsam_dist.model import RSAM
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    """0-based index of the epoch just finished."""
+    metrics: dict[str, float]
+    """train_loss, test_top1, test_top1_glimpse_<i>, lr, images_per_sec, epoch_seconds, epoch."""
+    masks: torch.Tensor | None = None
+    """(glimpses, k, 32, 32) masks of the fixed probe images, on rank 0 only (else None)."""
+    probe_images: torch.Tensor | None = None
+    """(k, 3, 32, 32) the normalised probe images the masks belong to."""
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds; `state_dict()` is what goes to disk."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epoch: int = -1
+    """Last finished epoch (-1: none yet)."""
+    best_top1: float = -1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "best_top1": self.best_top1,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.best_top1 = state["best_top1"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+
+EpochCallback = Callable[[EpochResult, TrainState], None]
+
+
+def build_state(config: Config, device: torch.device, world: World) -> TrainState:
+    torch.manual_seed(config.train.seed)  # same initial weights on every rank (DDP also broadcasts)
+    model = RSAM(config.model)
+    if config.scaling.batchnorm == "sync" and world.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    optim = config.optim
+    # Weight decay on every parameter, BatchNorm and biases included, as the author's code does.
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=optim.lr_decay)
+    return TrainState(model, optimizer, scheduler)
+
+
+def fit(
+    config: Config,
+    on_epoch: EpochCallback | None = None,
+    resume_from: dict[str, Any] | None = None,
+    dataset: Dataset | None = None,
+    world: World | None = None,
+) -> TrainState:
+    """Train for the epochs `config` asks, from `resume_from` (a `TrainState.state_dict()`) if given.
+
+    `dataset` may be passed in (already loaded); otherwise it is loaded from `config.data`.
+    """
+    device = world.device if world else pick_device(config.train.device)
+    world = world or World.current(device)
+    state = build_state(config, device, world)
+    if resume_from is not None:
+        state.load_state_dict(resume_from)
+    dataset = (dataset or load_dataset(config.data)).to(device)
+    network = world.wrap(state.model)
+    probe = dataset.test.images[: config.train.mask_images]
+
+    for epoch in range(state.epoch + 1, config.train.epochs):
+        started = time.perf_counter()
+        batches = train_batches(
+            len(dataset.train), config.optim.batch_size, epoch, config.train.seed, world.rank, world.size
+        )
+        lr = state.optimizer.param_groups[0]["lr"]
+        train_loss, images = train_one_epoch(
+            network, state.optimizer, dataset.train, batches, config.model, world
+        )
+        train_seconds = time.perf_counter() - started
+        state.scheduler.step()
+        # Evaluate the bare module: DDP's forward would sync buffers, a collective that ranks with
+        # different shard sizes would call a different number of times.
+        metrics = evaluate(state.model, dataset.test, config.model, world)
+        masks = probe_images = None
+        if world.is_main and len(probe):
+            probe_images = dataset.test.batch(torch.arange(len(probe), device=device))[0]
+            with torch.no_grad():
+                masks = state.model(probe_images).masks.cpu()
+            probe_images = probe_images.cpu()
+        metrics.update(
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            lr=lr,
+            images_per_sec=images / max(train_seconds, 1e-9),
+            epoch_seconds=time.perf_counter() - started,
+        )
+        state.epoch = epoch
+        state.best_top1 = max(state.best_top1, metrics["test_top1"])
+        if on_epoch is not None:
+            on_epoch(EpochResult(epoch, metrics, masks, probe_images), state)
+    return state
