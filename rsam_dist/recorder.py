@@ -4,8 +4,6 @@ the best checkpoint. (Epoch checkpoints differ by path: Ray's in ray_train.py, o
 
 from __future__ import annotations
 
-import sys
-
 from rsam_dist.config import Config
 from rsam_dist.runs import STATE_FILE, save_state, tensorboard_dir
 from rsam_dist.tensorboard_log import TensorBoardLogger
@@ -34,7 +32,7 @@ class EpochRecorder:
     def record(self, result: EpochResult, state: TrainState) -> None:
         self.last_metrics = result.metrics
         if not self.quiet:
-            print(format_epoch_line(result.metrics, self.config.train.epochs), file=sys.stdout, flush=True)
+            print(format_epoch_line(result.metrics, self.config.train.epochs), flush=True)
         self.logger.log_epoch(result)
         if result.metrics["test_top1"] >= state.best_top1:  # best_top1 already includes this epoch
             save_state(f"{self.run_path}/best/{STATE_FILE}", state.state_dict())
