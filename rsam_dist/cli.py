@@ -82,6 +82,20 @@ def train(config_file, overrides, local, address, resume_dir) -> None:
 
 
 @main.command()
+@click.argument("sweep_file", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a sweep field (num_samples=4) or a base config value (train.epochs=1).")
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to use (default: start a local one).")
+@click.option("--resume", is_flag=True, help="Continue the sweep: finished trials are kept, the rest run.")
+def sweep(sweep_file, overrides, address, resume) -> None:
+    """Run the trials of SWEEP_FILE (YAML) on Ray Tune; --resume continues an interrupted one."""
+    from rsam_dist.sweep import load_sweep_for_cli, run_sweep, summarize
+
+    directory = run_sweep(load_sweep_for_cli(sweep_file, overrides, resume), address=address, resume=resume)
+    click.echo(summarize(directory))
+
+
+@main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def validate(file, overrides) -> None:

@@ -154,8 +154,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`section.key=value` -> (['section', 'key'], value), the value read as a YAML scalar."""
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`section.key=value` -> (('section', 'key'), value), the value read as a YAML scalar."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set model.glimpses=6")
@@ -163,19 +163,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
-    return key.strip().split("."), parsed
+    return tuple(key.strip().split(".")), parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted key in a copy of `raw`; unknown keys are caught later by validation."""
+    """Apply `section.key=value` strings to a copy of `raw`."""
+    return apply_values(raw, dict(parse_override(text) for text in overrides), "--set")
+
+
+def apply_values(raw: dict[str, Any], values: dict, origin: str = "--set") -> dict[str, Any]:
+    """Set each dotted key (a str, or a list of its parts) to its value in a copy of `raw`.
+
+    Unknown keys are left for validation to report, with the list of allowed ones.
+    """
     merged = _deep_copy(raw)
-    for text in overrides:
-        keys, value = parse_override(text)
+    for dotted, value in values.items():
+        keys = dotted.split(".") if isinstance(dotted, str) else list(dotted)
         node = merged
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise UserError(f"--set {text!r}: {key} is not a section")
+                raise UserError(f"{origin} {'.'.join(keys)}: {key} is not a section")
             node = child
         node[keys[-1]] = value
     return merged

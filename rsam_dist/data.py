@@ -168,4 +168,4 @@ def train_batches(
 
 def test_shard(num_examples: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """Rank r's test indices: every world_size-th example, so the ranks cover the set exactly once."""
-    return torch.arange(rank, num_examples, world_size)
+    return torch.arange(min(rank, num_examples), num_examples, world_size)  # empty past the end

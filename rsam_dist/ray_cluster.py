@@ -21,6 +21,22 @@ def _quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     # Train V2 tees print() of workers into its logger, so every epoch line would show twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Tune's own console output: the legacy reporter stays silent at verbose=0, where the new one
+    # still prints a banner and a TensorBoard hint into Ray's session directory, not the sweep's.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _refuse_second_local_instance() -> None:
+    """Two Ray instances on one machine break Ray Train: its placement-group cleaner looks the
+    cluster up by scanning local processes, finds two, and never frees a stopped trial's workers."""
+    from ray._private.services import find_gcs_addresses
+
+    running = sorted(find_gcs_addresses())
+    if running:
+        raise UserError(
+            f"a Ray cluster already runs on this machine ({', '.join(running)}): pass --address "
+            f"{running[0]} to use it, or stop it with `ray stop`"
+        )
 
 
 @contextmanager
@@ -43,6 +59,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
         if address:
             ray.init(address=address, **common)
         else:
+            _refuse_second_local_instance()
             # Its notices about actor arguments are noise here; spot clusters keep it (not local).
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ray.init(

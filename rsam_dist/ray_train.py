@@ -30,13 +30,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from rsam_dist.distributed import World, pick_device
-    from rsam_dist.recorder import EpochRecorder
-    from rsam_dist.training import EpochResult, TrainState, fit
-
     # Train's per-report INFO line repeats every metric (our epoch line says it once); its logger
     # is named after the module's file, so LoggingConfig's "ray.train" filter misses it.
     from ray.train.v2._internal.execution import context as train_context
+
+    from rsam_dist.distributed import World, pick_device
+    from rsam_dist.recorder import EpochRecorder
+    from rsam_dist.training import EpochResult, TrainState, fit
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     config = Config.model_validate(loop_config["config"])

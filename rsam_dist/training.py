@@ -23,6 +23,7 @@ from rsam_dist.config import Config
 from rsam_dist.data import Dataset, load_dataset, train_batches
 from rsam_dist.distributed import World, pick_device
 from rsam_dist.engine import evaluate, train_one_epoch
+from rsam_dist.errors import UserError
 from rsam_dist.model import RSAM
 
 
@@ -114,6 +115,11 @@ def fit(
     if resume_from is not None:
         state.load_state_dict(resume_from)
     dataset = (dataset or load_dataset(config.data)).to(device)
+    if len(dataset.train) < config.optim.batch_size:
+        raise UserError(
+            f"{dataset.name} has {len(dataset.train)} training images, fewer than one batch of "
+            f"{config.optim.batch_size}: raise data.limit_train or lower optim.batch_size"
+        )
     network = world.wrap(state.model)
     probe = dataset.test.images[: config.train.mask_images]
 

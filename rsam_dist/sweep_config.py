@@ -1,0 +1,232 @@
+"""The sweep file: a base training config plus what to search, how, and with what resources.
+
+    name: glimpses
+    base: ../configs/cifar10.yaml        # a path (relative to this file) or an inline mapping
+    set: {train.epochs: 20}              # overrides on the base, like --set
+    search:
+      model.glimpses: {grid: [1, 2, 3, 4, 5, 6, 7, 8]}
+      optim.lr: {loguniform: [0.001, 0.1]}
+    seeds: [0]
+    algorithm: grid                      # grid | random | optuna (TPE)
+    scheduler: {type: fifo}              # or {type: asha, grace_period: 2, reduction_factor: 2}
+    trial: {num_workers: 1, gpus_per_worker: 0.25}
+
+`rsam-dist sweep FILE --set k=v`: a key naming a sweep field (num_samples=4, scheduler.type=asha)
+changes the sweep; any other key (train.epochs=1, data.name=digits) changes the base config.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from rsam_dist.config import (
+    Config,
+    Section,
+    apply_overrides,
+    apply_values,
+    parse_override,
+    read_yaml,
+    validate_dict,
+)
+from rsam_dist.errors import UserError
+
+
+class Distribution(Section):
+    """Exactly one of these: how one config key is chosen per trial."""
+
+    grid: list[Any] | None = None
+    """Every value, in every combination with the other grid keys (ablation arms, glimpse counts)."""
+    choice: list[Any] | None = None
+    """One value at random (or by TPE) per trial."""
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    """An integer in [low, high] inclusive."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform, int (got {given or 'none'})")
+        for name in ("uniform", "loguniform", "int"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{name}: low must be below high (got {list(bounds)})")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform: bounds must be positive")
+        values = self.grid if self.grid is not None else self.choice
+        if values is not None and not values:
+            raise ValueError("needs at least one value")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+    def sample_value(self) -> Any:
+        """A value of this distribution, used to check that the key accepts its type."""
+        values = self.grid or self.choice
+        if values is not None:
+            return values[0]
+        low, _ = self.uniform or self.loguniform or self.int
+        return low
+
+
+class SchedulerConfig(Section):
+    type: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1)
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: float = Field(2.0, gt=1)
+    """ASHA: keep the top 1/reduction_factor of trials at each rung."""
+
+
+AUTO_GPU_SHARE = 0.25  # four small RSAM trials fit one GPU's memory and compute comfortably
+
+
+class TrialResources(Section):
+    """Each trial is a Ray Train run of this shape (it becomes the base config's `scaling`)."""
+
+    num_workers: int = Field(1, ge=1)
+    gpus_per_worker: Annotated[float, Field(ge=0)] | Literal["auto"] = 0.0
+    """Fractions let several single-worker trials share one GPU (0.25: four per GPU). `auto`: 0.25
+    for single-worker trials (1 for multi-worker ones) where the cluster has GPUs, else CPUs only."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+    def resolved(self, cluster_gpus: float) -> TrialResources:
+        if self.gpus_per_worker != "auto":
+            return self
+        share = 0.0 if cluster_gpus == 0 else (AUTO_GPU_SHARE if self.num_workers == 1 else 1.0)
+        return self.model_copy(update={"gpus_per_worker": share})
+
+
+class SweepConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """The sweep directory's name under `storage`."""
+    storage: str = "runs"
+    """Where sweep directories go (a local directory)."""
+    base: str | dict[str, Any] = Field(default_factory=dict)
+    """The training config: a YAML path (relative to the sweep file) or an inline mapping."""
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Overrides applied to the base config, as with --set."""
+    search: dict[str, Distribution] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """Each configuration runs once per seed (train.seed)."""
+    num_samples: int = Field(1, ge=1)
+    """Samples drawn by random/optuna; with grid keys, each grid point is repeated this often."""
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    scheduler: SchedulerConfig = SchedulerConfig()
+    metric: str = "test_top1"
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """Trials at once; by default as many as the cluster's CPUs (or GPUs) fit."""
+    trial: TrialResources = TrialResources()
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> SweepConfig:
+        if self.algorithm == "grid":
+            loose = [key for key, dist in self.search.items() if dist.kind not in ("grid", "choice")]
+            if loose:
+                raise ValueError(
+                    f"algorithm grid takes only grid/choice values, but {', '.join(loose)} "
+                    "is a distribution: use algorithm random or optuna"
+                )
+        if "train.seed" in self.search:
+            raise ValueError("search.train.seed: list the seeds under `seeds:` instead")
+        return self
+
+    @property
+    def grid_keys(self) -> list[str]:
+        kinds = ("grid", "choice") if self.algorithm == "grid" else ("grid",)
+        return [key for key, dist in self.search.items() if dist.kind in kinds]
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid keys' values and the seeds."""
+        keys = [*self.grid_keys, "train.seed"]
+        values = [self.search[key].grid or self.search[key].choice for key in self.grid_keys] + [self.seeds]
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+class ResolvedSweep:
+    """A validated sweep: its spec, the base training config, and where it writes."""
+
+    def __init__(self, spec: SweepConfig, base: Config, source: str):
+        self.spec = spec
+        self.base = base
+        self.source = source
+
+    def for_cluster(self, cluster_gpus: float) -> ResolvedSweep:
+        """This sweep with `gpus_per_worker: auto` settled for a cluster with that many GPUs."""
+        trial = self.spec.trial.resolved(cluster_gpus)
+        if trial.gpus_per_worker and not cluster_gpus:
+            raise UserError(f"{self.source}: trial.gpus_per_worker is {trial.gpus_per_worker} but this Ray cluster "
+                            "has no GPU: use a GPU cluster, or --set trial.gpus_per_worker=0")
+        spec = self.spec.model_copy(update={"trial": trial})
+        scaling = self.base.scaling.model_copy(update=trial.model_dump())
+        return ResolvedSweep(spec, self.base.model_copy(update={"scaling": scaling}), self.source)
+
+    @property
+    def directory(self) -> Path:
+        return (Path(self.spec.storage).expanduser() / self.spec.name).resolve()
+
+    def trial_config(self, params: dict[str, Any]) -> Config:
+        """The base config with one trial's values (dotted keys) applied."""
+        merged = apply_values(self.base.to_dict(), params, "trial")
+        return validate_dict(Config, merged, f"{self.source} (trial {params})")
+
+    def to_yaml(self) -> str:
+        document = self.spec.model_dump(mode="json", exclude_none=True)
+        document["storage"] = str(self.directory.parent)  # absolute: trials and --resume run elsewhere
+        document["base"] = self.base.to_dict()
+        document["set"] = {}
+        return yaml.safe_dump(document, sort_keys=False)
+
+
+def load_sweep(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> ResolvedSweep:
+    path = Path(path)
+    raw = read_yaml(path)
+    sweep_fields = set(SweepConfig.model_fields)
+    sweep_overrides = [text for text in overrides if parse_override(text)[0][0] in sweep_fields]
+    base_overrides = [text for text in overrides if text not in sweep_overrides]
+    spec: SweepConfig = validate_dict(SweepConfig, apply_overrides(raw, sweep_overrides), str(path))
+
+    if isinstance(spec.base, str):
+        base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+        if not base_path.is_file():
+            raise UserError(f"{path}: base config {spec.base} not found (looked in {base_path})")
+        base_raw, base_source = read_yaml(base_path), str(base_path)
+    else:
+        base_raw, base_source = spec.base, f"{path} (base)"
+    merged = apply_overrides(apply_values(base_raw, spec.set, f"{path}: set:"), base_overrides)
+    trial = spec.trial.resolved(cluster_gpus=0) if spec.trial.gpus_per_worker == "auto" else spec.trial
+    merged["scaling"] = {**merged.get("scaling", {}), **trial.model_dump()}
+    merged.setdefault("train", {}).pop("name", None)  # each trial names its own run
+    base: Config = validate_dict(Config, merged, base_source)
+
+    resolved = ResolvedSweep(spec, base, str(path))
+    for key, distribution in spec.search.items():  # an unknown or mistyped key fails now, not mid-sweep
+        try:
+            resolved.trial_config({key: distribution.sample_value()})
+        except UserError as err:
+            raise UserError(f"{path}: search.{key}: {str(err).split(': ', 2)[-1]}") from None
+    if spec.metric not in ("test_top1", "train_loss") and not spec.metric.startswith("test_top1_glimpse_"):
+        raise UserError(f"{path}: metric {spec.metric!r} is not reported: use test_top1, train_loss or "
+                        "test_top1_glimpse_<i>")
+    return resolved
+
+
+def describe_sweep(sweep: ResolvedSweep) -> str:
+    spec = sweep.spec
+    points = len(spec.grid_points())
+    trials = points * spec.num_samples
+    lines = [
+        sweep.to_yaml().rstrip(),
+        f"# {trials} trials ({points} grid points x {spec.num_samples} samples), algorithm {spec.algorithm}, "
+        f"scheduler {spec.scheduler.type}, each trial {spec.trial.num_workers} worker(s) x "
+        f"{sweep.base.train.epochs} epochs; writes {sweep.directory}",
+    ]
+    return "\n".join(lines)
