@@ -19,8 +19,11 @@ $(STAMP): requirements.lock pyproject.toml
 test: venv
 	$(BIN)/python -m pytest -q -ra
 
+# The demo sweep (glimpses x feedback on digits, offline) on a local Ray, then its report.
+# Run again, it resumes the sweep in runs/demo (finished trials are kept) and rewrites the report.
 demo: venv
-	$(BIN)/rsam-dist train configs/digits.yaml --local --set train.storage=runs/demo
+	$(BIN)/rsam-dist sweep sweeps/demo.yaml $(if $(wildcard runs/demo/sweep.yaml),--resume)
+	$(BIN)/rsam-dist report runs/demo
 
 lint: venv
 	$(BIN)/ruff check .

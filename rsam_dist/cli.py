@@ -105,5 +105,13 @@ def validate(file, overrides) -> None:
     click.echo(validate_file(file, overrides))
 
 
+def _register_subcommands() -> None:
+    from rsam_dist.cli_report import report
+
+    main.add_command(report)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

@@ -101,12 +101,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     process = subprocess.Popen([*RSAM_DIST, "sweep", str(sweep_file)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline = time.monotonic() + 240
+    seen = []
     for line in process.stdout:  # wait for the first trial to finish
+        seen.append(line)
         if "finished (1/3 trials done)" in line:
             break
         assert time.monotonic() < deadline, "no trial finished in time"
     else:
-        pytest.fail("the sweep ended before its first trial finished")
+        pytest.fail("the sweep ended before its first trial finished:\n" + "".join(seen[-20:]))
     process.send_signal(signal.SIGINT)  # Ctrl-C
     output = process.communicate(timeout=120)[0]
     assert process.returncode != 0, output

@@ -1,0 +1,255 @@
+"""`rsam-dist report`: figures and report.md from a sweep directory built by hand in the runner's format
+(sweep.yaml, results.csv, history.csv), for an ablation grid, a glimpse sweep and an optuna search."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from rsam_dist.cli_report import report
+from rsam_dist.config import Config
+from rsam_dist.errors import UserError
+from rsam_dist.report import write_report
+
+HONESTY = "not quoted here, not even as approximations"
+
+
+def _base(dataset: str, epochs: int) -> dict:
+    base = Config().to_dict()
+    base["data"]["name"] = dataset
+    base["train"]["epochs"] = epochs
+    return base
+
+
+def _curve(final: float, epochs: int) -> list[float]:
+    """A rising test top-1 curve that ends at `final`."""
+    return [round(final * (0.6 + 0.4 * (e + 1) / epochs), 6) for e in range(epochs)]
+
+
+def make_sweep(directory: Path, *, name: str, search: dict, seeds: list[int], trials: list[dict],
+               dataset: str = "cifar10", epochs: int = 3, algorithm: str = "grid",
+               scheduler: str = "fifo") -> Path:
+    """Write sweep.yaml, results.csv and history.csv as rsam_dist/sweep.py does.
+
+    Each trial: {"status", "params" (searched keys + train.seed), "curve" (test top-1 per epoch)}.
+    """
+    directory.mkdir(parents=True)
+    spec = {"name": name, "storage": str(directory.parent), "base": _base(dataset, epochs), "set": {},
+            "search": search, "seeds": seeds, "num_samples": 1, "algorithm": algorithm,
+            "scheduler": {"type": scheduler}, "metric": "test_top1", "mode": "max"}
+    (directory / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    glimpses = 4
+    metrics = ["test_top1", "train_loss", "lr", "images_per_sec", "epoch_seconds",
+               *(f"test_top1_glimpse_{i}" for i in range(1, glimpses + 1))]
+    result_rows, history_rows = [], []
+    for index, trial in enumerate(trials):
+        trial_id = f"t{index:03d}"
+        rows = []
+        for epoch, top1 in enumerate(trial["curve"], start=1):
+            row = {"trial_id": trial_id, "epoch": epoch, "test_top1": top1, "train_loss": 2.0 / epoch,
+                   "lr": 0.01 * 0.95 ** (epoch - 1), "images_per_sec": 900.0, "epoch_seconds": 55.0}
+            row |= {f"test_top1_glimpse_{i}": top1 - 0.01 * (glimpses - i) for i in range(1, glimpses + 1)}
+            rows.append(row)
+        history_rows += rows
+        last = rows[-1] if rows and trial["status"] != "error" else {}
+        result_rows.append({
+            "trial_id": trial_id, "status": trial["status"], "epochs_run": len(rows), "epochs_planned": epochs,
+            **trial["params"],
+            **{f"final_{m}": last.get(m, "") for m in metrics},
+            "best_test_top1": max(trial["curve"]) if last else "",
+            "run_dir": str(directory / trial_id),
+        })
+    columns = ["trial_id", "status", "epochs_run", "epochs_planned", *search, "train.seed",
+               *(f"final_{m}" for m in metrics), "best_test_top1", "run_dir"]
+    with (directory / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(result_rows)
+    with (directory / "history.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["trial_id", "epoch", *metrics])
+        writer.writeheader()
+        writer.writerows(history_rows)
+    return directory
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert width >= 600 and height >= 400, image.size
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50, "a blank or near-blank image"
+
+
+def pct(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.2f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) The ablation of Figure 3: {feedback on, off} x {down-sample, fully-connected}, two seeds
+
+ABLATION_FINALS = {  # (feedback, attention_input) -> final test top-1 of seeds 0 and 1
+    (True, "downsample"): [0.62, 0.64],
+    (True, "fc"): [0.58, 0.60],
+    (False, "downsample"): [0.57, 0.59],
+    (False, "fc"): [0.50, 0.54],
+}
+
+
+@pytest.fixture
+def ablation_dir(tmp_path: Path) -> Path:
+    trials = [
+        {"status": "completed", "curve": _curve(finals[seed], 3),
+         "params": {"model.feedback": feedback, "model.attention_input": source, "train.seed": seed}}
+        for (feedback, source), finals in ABLATION_FINALS.items() for seed in (0, 1)
+    ]
+    search = {"model.feedback": {"grid": [True, False]}, "model.attention_input": {"grid": ["downsample", "fc"]}}
+    return make_sweep(tmp_path / "ablation", name="ablation", search=search, seeds=[0, 1], trials=trials)
+
+
+def test_ablation_report(ablation_dir: Path):
+    written = write_report(ablation_dir)
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "report.md"]  # glimpses do not vary
+    assert all(p.is_file() for p in written)
+    assert_png(ablation_dir / "fig_top1_per_epoch.png")
+    text = (ablation_dir / "report.md").read_text()
+
+    assert "# RSAM sweep report: ablation" in text
+    assert "**cifar10**; 3 epochs planned" in text
+    assert "8 trials: 8 completed, 0 stopped early, 0 error, 0 pending" in text
+    # One row per arm, in the sweep's order, with the numbers computed from results.csv.
+    labels = {(True, "downsample"): "feedback on, down-sample", (True, "fc"): "feedback on, fully-connected",
+              (False, "downsample"): "feedback off, down-sample", (False, "fc"): "feedback off, fully-connected"}
+    positions = []
+    for arm, finals in ABLATION_FINALS.items():
+        row = (f"| {labels[arm]} | 2 | 0 | {pct(finals)} | {100 * statistics.stdev(finals):.2f} | "
+               f"{100 * max(finals):.2f}% | 3 |")
+        assert row in text, row
+        positions.append(text.index(row))
+    assert positions == sorted(positions)
+    assert "| feedback on, down-sample | 2 | 0 | 63.00% | 1.41 | 64.00% | 3 |" in text
+    # The best trial is seed 1 of feedback + down-sample.
+    assert "Trial `t001`" in text and "**64.00%** after 3 epochs" in text
+    # The comparison with the paper: its one number, this run's in the same setting, the notes.
+    assert "| 64.95% | 63.00% ± 1.41 pp final, over 2 completed trial(s), 3 epochs" in text
+    assert "not quoted: the figure is not in our copy" in text
+    assert HONESTY in text
+    assert "These trials ran 3 epochs, not the paper's 20." in text
+    assert "does not apply" not in text
+    assert "![Test top-1 per epoch for each arm" in text and "(fig_top1_per_epoch.png)" in text
+    assert f"tensorboard --logdir {ablation_dir}" in text
+
+
+def test_cli_prints_the_paths(ablation_dir: Path):
+    result = CliRunner().invoke(report, [str(ablation_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == [str(ablation_dir / "fig_top1_per_epoch.png"), str(ablation_dir / "report.md")]
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) The glimpse count of Figure 4, with a trial ASHA stopped and one that failed
+
+
+def test_glimpse_sweep_report(tmp_path: Path):
+    finals = {(1, 0): 0.50, (1, 1): 0.52, (2, 0): 0.58, (3, 0): 0.62, (4, 0): 0.64, (4, 1): 0.66}
+    trials = [{"status": "completed", "curve": _curve(top1, 20), "params": {"model.glimpses": g, "train.seed": s}}
+              for (g, s), top1 in finals.items()]
+    trials.insert(3, {"status": "stopped_early", "curve": _curve(0.40, 20)[:2],
+                      "params": {"model.glimpses": 2, "train.seed": 1}})
+    trials.insert(5, {"status": "error", "curve": [0.2], "params": {"model.glimpses": 3, "train.seed": 1}})
+    directory = make_sweep(tmp_path / "glimpses", name="glimpses", search={"model.glimpses": {"grid": [1, 2, 3, 4]}},
+                           seeds=[0, 1], trials=trials, epochs=20, scheduler="asha")
+
+    written = write_report(directory)
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_top1_vs_glimpses.png", "report.md"]
+    for path in written[:2]:
+        assert_png(path)
+    text = (directory / "report.md").read_text()
+
+    assert "8 trials: 6 completed, 1 stopped early, 1 error, 0 pending" in text
+    assert "Left out of every figure and average: t005 (error)." in text
+    # The stopped trial (40% after 2 epochs) is not in glimpses=2's final mean; the failed one not in 3's.
+    assert "| glimpses=2 | 1 | 1 | 58.00% | — | 58.00% | 2–20 |" in text
+    assert "| glimpses=3 | 1 | 0 | 62.00% | — | 62.00% | 20 |" in text
+    assert "| glimpses=4 | 2 | 0 | 65.00% | 1.41 | 66.00% | 20 |" in text
+    assert "left out of the final columns" in text
+    assert "| 64.95% | 65.00% ± 1.41 pp final, over 2 completed trial(s), 20 epochs" in text
+    assert "not the paper's 20" not in text
+    assert "`fig_top1_vs_glimpses.png`" in text and "(fig_top1_vs_glimpses.png)" in text
+    assert HONESTY in text
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) An optuna search over continuous keys, on digits (where the paper's number does not apply)
+
+
+@pytest.mark.parametrize("with_choice", [True, False], ids=["choice+continuous", "continuous-only"])
+def test_optuna_search_report(tmp_path: Path, with_choice: bool):
+    draws = [(0.002, 0.85, True, 0.91), (0.03, 0.95, False, 0.97), (0.01, 0.90, True, 0.99),
+             (0.08, 0.82, False, 0.88), (0.005, 0.97, True, 0.95)]
+    trials = []
+    for lr, momentum, feedback, top1 in draws:
+        params = {"optim.lr": lr, "optim.momentum": momentum, "train.seed": 0}
+        if with_choice:
+            params["model.feedback"] = feedback
+        trials.append({"status": "completed", "curve": _curve(top1, 4), "params": params})
+    trials.append({"status": "stopped_early", "curve": _curve(0.5, 4)[:1],
+                   "params": {**trials[0]["params"], "optim.lr": 0.09}})
+    search = {"optim.lr": {"loguniform": [0.001, 0.1]}, "optim.momentum": {"uniform": [0.8, 0.99]}}
+    if with_choice:
+        search["model.feedback"] = {"choice": [True, False]}
+    directory = make_sweep(tmp_path / "hparams", name="hparams", search=search, seeds=[0], trials=trials,
+                           dataset="digits", epochs=4, algorithm="optuna", scheduler="asha")
+
+    written = write_report(directory)
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_search.png", "report.md"]
+    for path in written[:2]:
+        assert_png(path)
+    text = (directory / "report.md").read_text()
+
+    assert "**digits**" in text and "Search algorithm: optuna; scheduler: asha" in text
+    assert "| `optim.lr` | loguniform [0.001, 0.1] |" in text
+    if with_choice:
+        assert f"| feedback on | 3 | 1 | {pct([0.91, 0.99, 0.95])} |" in text
+        assert f"| feedback off | 2 | 0 | {pct([0.97, 0.88])} |" in text
+    else:
+        assert f"| all trials | 5 | 1 | {pct([d[3] for d in draws])} |" in text
+    assert "Trial `t002`" in text and "**99.00%**" in text and "`optim.lr=0.01`" in text
+    assert "Top 5 completed trials:" in text
+    assert "not comparable: this sweep ran on digits" in text
+    assert "the comparison with the paper's 64.95% does not apply" in text
+    assert HONESTY in text
+    assert "(fig_search.png)" in text
+
+
+def test_a_sweep_where_nothing_finished_still_reports(tmp_path: Path):
+    trials = [{"status": "error", "curve": [], "params": {"model.glimpses": 1, "train.seed": 0}},
+              {"status": "pending", "curve": [], "params": {"model.glimpses": 2, "train.seed": 0}}]
+    directory = make_sweep(tmp_path / "failed", name="failed", search={"model.glimpses": {"grid": [1, 2]}},
+                           seeds=[0], trials=trials)
+    assert [p.name for p in write_report(directory)] == ["report.md"]
+    text = (directory / "report.md").read_text()
+    assert "2 trials: 0 completed, 0 stopped early, 1 error, 1 pending" in text
+    assert "no completed trial in this setting" in text and HONESTY in text
+    assert ".png" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one-line UserErrors
+
+
+def test_missing_or_empty_results_is_a_user_error(tmp_path: Path):
+    with pytest.raises(UserError, match="no results.csv: run `rsam-dist sweep ...` first"):
+        write_report(tmp_path)
+    (tmp_path / "results.csv").write_text("trial_id,status,epochs_run,epochs_planned,train.seed\n")
+    with pytest.raises(UserError, match="results.csv has no trials"):
+        write_report(tmp_path)
+    with pytest.raises(UserError, match="no such directory"):
+        write_report(tmp_path / "absent")
