@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rsam_dist.config import Config
 from rsam_dist.errors import UserError
 from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
 from rsam_dist.sweep_config import Distribution, ResolvedSweep, SweepConfig, load_sweep
@@ -104,6 +103,13 @@ def param_space(spec: SweepConfig, arm: dict[str, Any]) -> dict[str, Any]:
     return space
 
 
+def planned_trials(spec: SweepConfig) -> int:
+    """Trials of one Tune experiment (an arm, where optuna meets grid keys)."""
+    if spec.algorithm == "optuna":
+        return spec.num_samples
+    return len(spec.grid_points()) * spec.num_samples
+
+
 def experiment_name(index: int, count: int) -> str:
     return "tune" if count == 1 else f"tune-arm{index}"
 
@@ -172,6 +178,7 @@ def ProgressPrinter(sweep: ResolvedSweep):  # noqa: N802 - a factory for a class
 
     epochs = sweep.base.train.epochs
     keys = list(sweep.spec.search) + (["train.seed"] if len(sweep.spec.seeds) > 1 else [])
+    planned = planned_trials(sweep.spec)
 
     class _ProgressPrinter(Callback):
         def _label(self, trial) -> str:
@@ -186,7 +193,7 @@ def ProgressPrinter(sweep: ResolvedSweep):  # noqa: N802 - a factory for a class
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
-            print(f"[{self._label(trial)}] finished ({done}/{len(trials)} trials done)", flush=True)
+            print(f"[{self._label(trial)}] finished ({done}/{planned} trials done)", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             print(f"[{self._label(trial)}] FAILED: see {trial.path}", flush=True)
@@ -231,8 +238,8 @@ def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = F
             if len(experiments) > 1:
                 print(f"arm {index + 1}/{len(experiments)}: {arm}", flush=True)
             results = build_tuner(sweep, arm, name, restore=resume).fit()
-            unfinished = [r for r in results if r.error is None and not _finished(r, sweep.base)]
-            if _was_interrupted(results, sweep.base) or (unfinished and sweep.spec.scheduler.type == "fifo"):
+            # Tune returns normally on Ctrl-C, with trials still pending or never created.
+            if results.num_terminated + results.num_errors < planned_trials(sweep.spec):
                 interrupted = True
                 break
     rows, history = collect_results(sweep)
@@ -253,15 +260,6 @@ def _require_trial_driver_slots() -> None:
             f"this Ray cluster has no '{TRIAL_DRIVER_RESOURCE}' resource for sweep trial drivers: start its head "
             f"with --resources='{{\"{TRIAL_DRIVER_RESOURCE}\": 4}}' (the cluster/*.yaml files do)"
         )
-
-
-def _finished(result, base: Config) -> bool:
-    return bool(result.metrics) and int(result.metrics.get("epoch", 0)) >= base.train.epochs
-
-
-def _was_interrupted(results, base: Config) -> bool:
-    # Tune returns normally on Ctrl-C; an interrupted experiment still has trials to run.
-    return any(result.metrics is None and result.error is None for result in results)
 
 
 def collect_results(sweep: ResolvedSweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -222,7 +222,7 @@ def load_sweep(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) ->
 def describe_sweep(sweep: ResolvedSweep) -> str:
     spec = sweep.spec
     points = len(spec.grid_points())
-    trials = points * spec.num_samples
+    trials = points * spec.num_samples  # optuna: num_samples per grid point (arm)
     lines = [
         sweep.to_yaml().rstrip(),
         f"# {trials} trials ({points} grid points x {spec.num_samples} samples), algorithm {spec.algorithm}, "

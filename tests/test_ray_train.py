@@ -51,7 +51,7 @@ def test_two_workers_follow_the_single_worker_trajectory(tmp_path):
     # Same seed, same global batch of 128, same data order: rank r takes the r-th half of every
     # global batch. Plain BatchNorm normalises each half with its own statistics (SyncBatchNorm
     # needs GPUs), so the trajectories agree closely but not bit for bit.
-    common = ["data.limit_train=512", "data.limit_test=200", "train.epochs=3", "train.mask_images=0"]
+    common = ["data.limit_train=512", "data.limit_test=200", "train.epochs=3"]
     one_path, _ = train_on_ray(digits_config(tmp_path, "one", *common))
     two_path, two_metrics = train_on_ray(digits_config(tmp_path, "two", *common, "scaling.num_workers=2"))
     one = [values[0] for _, values in sorted(scalars(one_path, "train/loss").items())]
@@ -61,6 +61,26 @@ def test_two_workers_follow_the_single_worker_trajectory(tmp_path):
     for loss_one, loss_two in zip(one, two, strict=True):
         assert loss_two == pytest.approx(loss_one, rel=0.03)
     assert two_metrics["epoch"] == 3
+    check_event_files(one_path)
+
+
+def check_event_files(path: str) -> None:
+    """Rank 0's event file holds the scalars, the mask grids, the hparams summary and the config."""
+    files = list(Path(path, "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    accumulator = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    for tag in ("train/loss", "train/lr", "test/top1", "test/top1_glimpse_1", "test/top1_glimpse_4",
+                "speed/images_per_sec", "speed/epoch_seconds", "hparams/final_test_top1"):
+        assert tag in tags["scalars"], tag
+    assert [event.step for event in accumulator.Scalars("test/top1")] == [1, 2, 3]
+    assert {"masks/glimpses", "masks/masked_images"} <= set(tags["images"])
+    assert len(accumulator.Images("masks/glimpses")) == 3  # one grid per epoch
+    mask_image = accumulator.Images("masks/glimpses")[0]
+    assert mask_image.width > 32 and mask_image.height > 32
+    assert "config/text_summary" in tags["tensors"]
+    assert "_hparams_/session_start_info" in accumulator.PluginTagToContent("hparams")
 
 
 def test_two_nodes_strict_spread(tmp_path):
@@ -162,23 +182,3 @@ def test_resume_of_a_stopped_run_finishes_only_the_remaining_epochs(tmp_path):
     assert ran == list(range(done + 1, 4))
     assert f"resuming from the checkpoint of epoch {done}" in resumed.stdout
     assert _committed_epoch(run_dir) == 3
-
-
-def test_event_files_hold_scalars_masks_hparams_and_config(tmp_path):
-    path, _ = train_on_ray(
-        digits_config(tmp_path, "tb", "data.limit_train=256", "data.limit_test=100", "train.epochs=1")
-    )
-    files = list(Path(path, "tensorboard").glob("events.out.tfevents.*"))
-    assert len(files) == 1
-    accumulator = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    accumulator.Reload()
-    tags = accumulator.Tags()
-    for tag in ("train/loss", "train/lr", "test/top1", "test/top1_glimpse_1", "test/top1_glimpse_4",
-                "speed/images_per_sec", "speed/epoch_seconds", "hparams/final_test_top1"):
-        assert tag in tags["scalars"], tag
-    assert {"masks/glimpses", "masks/masked_images"} <= set(tags["images"])
-    mask_image = accumulator.Images("masks/glimpses")[0]
-    assert mask_image.width > 32 and mask_image.height > 32
-    assert "config/text_summary" in tags["tensors"]
-    plugins = accumulator.PluginTagToContent("hparams")
-    assert "_hparams_/session_start_info" in plugins

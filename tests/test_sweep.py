@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rsam_dist.cli import main
 from rsam_dist.sweep import run_sweep
 from rsam_dist.sweep_config import load_sweep
 
@@ -140,15 +142,17 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
 )
 def test_bad_sweep_files_exit_2_with_one_line(tmp_path, fields, expected):
     sweep_file = write_sweep(tmp_path, **fields)
-    result = subprocess.run([*RSAM_DIST, "sweep", str(sweep_file)], capture_output=True, text=True)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    for command in ("sweep", "validate"):
+        result = CliRunner().invoke(main, [command, str(sweep_file)])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "s").exists()  # nothing started
 
 
-def test_every_shipped_sweep_file_validates():
-    for path in sorted((REPO / "sweeps").glob("*.yaml")):
-        result = subprocess.run([*RSAM_DIST, "validate", str(path)], capture_output=True, text=True)
-        assert result.returncode == 0, f"{path.name}: {result.stderr}"
-        assert "trials" in result.stdout
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_sweep_file_validates(path):
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "trials" in result.stdout
