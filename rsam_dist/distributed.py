@@ -56,6 +56,9 @@ def pick_device(requested: str) -> torch.device:
         from rsam_dist.errors import UserError
 
         raise UserError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    from rsam_dist.gpu_check import check_gpu_supported
+
+    check_gpu_supported()  # a GPU too old for this PyTorch build stops here, not mid-epoch
     try:  # inside a Ray Train worker, the GPU Ray assigned
         import ray.train.torch
 

@@ -35,12 +35,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ray.train.v2._internal.execution import context as train_context
 
     from rsam_dist.distributed import World, pick_device
+    from rsam_dist.gpu_check import check_gpu_supported
     from rsam_dist.recorder import EpochRecorder
     from rsam_dist.training import EpochResult, TrainState, fit
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     config = Config.model_validate(loop_config["config"])
     path = loop_config["run_dir"]
+    check_gpu_supported(gpu_assigned=config.scaling.gpus_per_worker > 0)  # e.g. the paper's K520
     device = pick_device(config.train.device)
     world = World.current(device)
 
