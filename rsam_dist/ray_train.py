@@ -66,6 +66,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(result.metrics, checkpoint=epoch_checkpoint)
 
     state = fit(config, on_epoch, resume_from=start, world=world)
+    if start is not None and state.epoch == start["epoch"] and state.last_metrics:
+        # Resumed after its last epoch (a sweep killed as this trial finished): nothing ran, so
+        # report the final metrics again for whoever listens (Tune's scheduler and results).
+        ray.train.report(state.last_metrics)
     if recorder is not None:
         recorder.finish(state)
 

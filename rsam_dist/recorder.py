@@ -4,8 +4,11 @@ the best checkpoint. (Epoch checkpoints differ by path: Ray's in ray_train.py, o
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from rsam_dist.config import Config
-from rsam_dist.runs import STATE_FILE, save_state, tensorboard_dir
+from rsam_dist.runs import STATE_FILE, local_dir, save_state, tensorboard_dir
 from rsam_dist.tensorboard_log import TensorBoardLogger
 from rsam_dist.training import EpochResult, TrainState
 
@@ -21,6 +24,32 @@ def format_epoch_line(metrics: dict[str, float], epochs: int) -> str:
     )
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def append_metrics(run_path: str, metrics: dict[str, float]) -> None:
+    """One JSON line per epoch in the run directory (local runs only): the run's own record,
+    which sweeps read back whatever Tune kept of an interrupted and restored trial."""
+    directory = local_dir(run_path)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / METRICS_FILE).open("a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+
+
+def read_metrics(run_path: str | Path) -> list[dict[str, float]]:
+    """Every epoch's metrics from `append_metrics`, one per epoch (the last report of a redone epoch)."""
+    path = Path(run_path) / METRICS_FILE
+    if not path.is_file():
+        return []
+    by_epoch = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            metrics = json.loads(line)
+            by_epoch[int(metrics["epoch"])] = metrics
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
 class EpochRecorder:
     def __init__(self, config: Config, run_path: str, quiet: bool = False):
         self.config = config
@@ -34,6 +63,7 @@ class EpochRecorder:
         if not self.quiet:
             print(format_epoch_line(result.metrics, self.config.train.epochs), flush=True)
         self.logger.log_epoch(result)
+        append_metrics(self.run_path, result.metrics)
         if result.metrics["test_top1"] >= state.best_top1:  # best_top1 already includes this epoch
             save_state(f"{self.run_path}/best/{STATE_FILE}", state.state_dict())
 

@@ -263,8 +263,15 @@ def _require_trial_driver_slots() -> None:
 
 
 def collect_results(sweep: ResolvedSweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows for results.csv and history.csv, read back from every Tune experiment on disk."""
+    """Rows for results.csv and history.csv.
+
+    Tune's experiment state says which trials exist, their parameters and whether they failed;
+    the epochs come from each trial's own run directory (metrics.jsonl), which stays right when
+    Tune restores a trial that was interrupted mid-way or just as it finished.
+    """
     from ray.tune import ExperimentAnalysis
+
+    from rsam_dist.recorder import read_metrics
 
     rows, history = [], []
     planned = sweep.base.train.epochs
@@ -276,11 +283,9 @@ def collect_results(sweep: ResolvedSweep) -> tuple[list[dict[str, Any]], list[di
             analysis = ExperimentAnalysis(str(experiment))
         except Exception:  # noqa: BLE001 - an experiment interrupted before its first save
             continue
-        frames = analysis.trial_dataframes
         for trial in analysis.trials:
-            frame = frames.get(trial.trial_id)
-            epochs = [] if frame is None or "epoch" not in frame else frame.to_dict("records")
-            epochs = [record for record in epochs if not math.isnan(record.get("epoch", math.nan))]
+            run_dir = sweep.directory / "trials" / trial.trial_id
+            epochs = read_metrics(run_dir)
             last = epochs[-1] if epochs else {}
             epochs_run = int(last.get("epoch", 0))
             if trial.status == "ERROR":
@@ -294,16 +299,13 @@ def collect_results(sweep: ResolvedSweep) -> tuple[list[dict[str, Any]], list[di
             row = {"trial_id": trial.trial_id, "status": status, "epochs_run": epochs_run, "epochs_planned": planned}
             row.update({key: trial.config.get(key) for key in keys})
             row.update({f"final_{name}": value for name, value in last.items() if _is_epoch_metric(name)})
-            tops = [record["test_top1"] for record in epochs if "test_top1" in record]
-            row["best_test_top1"] = max(tops) if tops else None
-            row["run_dir"] = str(sweep.directory / "trials" / trial.trial_id)
+            row["best_test_top1"] = max((record["test_top1"] for record in epochs), default=None)
+            row["run_dir"] = str(run_dir)
             rows.append(row)
             for record in epochs:
                 entry = {"trial_id": trial.trial_id, "epoch": int(record["epoch"])}
                 entry.update({name: value for name, value in record.items() if _is_epoch_metric(name)})
                 history.append(entry)
-    # A restored trial may report an epoch twice; keep the last report of each.
-    history = list({(h["trial_id"], h["epoch"]): h for h in history}.values())
     return rows, history
 
 

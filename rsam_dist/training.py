@@ -49,7 +49,8 @@ class TrainState:
     epoch: int = -1
     """Last finished epoch (-1: none yet)."""
     best_top1: float = -1.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    """The metrics of epoch `epoch`, so a run resumed after its last epoch can still report them."""
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "best_top1": self.best_top1,
+            "last_metrics": self.last_metrics,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -72,6 +74,7 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
         self.best_top1 = state["best_top1"]
+        self.last_metrics = state.get("last_metrics", {})
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -152,6 +155,7 @@ def fit(
         )
         state.epoch = epoch
         state.best_top1 = max(state.best_top1, metrics["test_top1"])
+        state.last_metrics = metrics
         if on_epoch is not None:
             on_epoch(EpochResult(epoch, metrics, masks, probe_images), state)
     return state
