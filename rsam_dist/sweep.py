@@ -214,8 +214,10 @@ def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = F
     sweep_file = directory / SWEEP_FILE
     if sweep_file.exists() and not resume:
         raise UserError(f"{directory} already holds a sweep: add --resume to continue it, or set another name")
-    if resume and not sweep_file.exists():
-        raise UserError(f"{directory}: nothing to resume (no {SWEEP_FILE}); run without --resume")
+    if resume:
+        if not sweep_file.exists():
+            raise UserError(f"{directory}: nothing to resume (no {SWEEP_FILE}); run without --resume")
+        sweep = load_sweep(sweep_file)  # the sweep as it was started, whatever FILE and --set say now
     if not address and sweep.base.data.name == "cifar10":
         from rsam_dist.data import load_dataset
 
@@ -226,9 +228,7 @@ def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = F
         import ray
 
         _require_trial_driver_slots()
-        if resume:
-            sweep = load_sweep(sweep_file)  # the sweep as it was started, whatever the file says now
-        else:
+        if not resume:
             sweep = sweep.for_cluster(ray.cluster_resources().get("GPU", 0))
             directory.mkdir(parents=True, exist_ok=True)
             sweep_file.write_text(sweep.to_yaml())
