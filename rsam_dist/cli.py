@@ -106,9 +106,11 @@ def validate(file, overrides) -> None:
 
 
 def _register_subcommands() -> None:
+    from rsam_dist.cli_cluster import logs, status, stop, submit, tensorboard
     from rsam_dist.cli_report import report
 
-    main.add_command(report)
+    for command in (report, submit, status, logs, stop, tensorboard):
+        main.add_command(command)
 
 
 _register_subcommands()

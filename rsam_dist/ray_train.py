@@ -122,9 +122,18 @@ def train_on_ray(config: Config, address: str | None = None, resume: bool = Fals
         load_dataset(config.data)
     save_run_config(path, config)
     with connect(address):
-        result = build_trainer(config, path).fit()
-    raise_run_error(result.error)
+        result = fit_trainer(build_trainer(config, path))
     return path, dict(result.metrics or {})
+
+
+def fit_trainer(trainer):
+    """`trainer.fit()`, with a UserError raised on the workers surfacing as a UserError."""
+    try:
+        result = trainer.fit()
+    except Exception as error:  # noqa: BLE001 - Train V2 raises the workers' failure from fit()
+        raise_run_error(error)
+    raise_run_error(result.error)
+    return result
 
 
 def raise_run_error(error: Exception | None) -> None:
@@ -132,9 +141,22 @@ def raise_run_error(error: Exception | None) -> None:
     if error is None:
         return
     for failure in getattr(error, "worker_failures", {}).values():
-        if isinstance(failure, UserError):
-            raise UserError(str(failure).strip().splitlines()[-1]) from None
+        message = _user_error_message(failure)
+        if message:
+            raise UserError(message) from None
     raise error
+
+
+def _user_error_message(failure: BaseException) -> str | None:
+    """The message of a UserError raised on a worker, however Ray wrapped it on the way back."""
+    for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
+        if isinstance(candidate, UserError):
+            return str(candidate).strip().splitlines()[-1]
+    marker = f"{UserError.__module__}.{UserError.__qualname__}: "
+    text = str(failure)
+    if marker in text:  # the worker's traceback, as text
+        return text.rsplit(marker, 1)[1].strip().splitlines()[0]
+    return None
 
 
 def _refuse_to_overwrite(path: str) -> None:

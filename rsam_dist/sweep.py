@@ -42,7 +42,7 @@ def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rsam_dist.ray_train import build_trainer, raise_run_error
+    from rsam_dist.ray_train import build_trainer, fit_trainer
     from rsam_dist.runs import save_run_config
 
     sweep = load_sweep(Path(sweep_dir) / SWEEP_FILE)
@@ -54,8 +54,7 @@ def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     )
     path = f"{sweep_dir}/trials/{trial_id}"  # a stable name: a restored trial resumes its checkpoint
     save_run_config(path, config)
-    result = build_trainer(config, path, callbacks=[TuneReportCallback()], quiet=True).fit()
-    raise_run_error(result.error)
+    fit_trainer(build_trainer(config, path, callbacks=[TuneReportCallback()], quiet=True))
 
 
 # --- Tune wiring --------------------------------------------------------------------------------

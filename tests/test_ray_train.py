@@ -182,3 +182,15 @@ def test_resume_of_a_stopped_run_finishes_only_the_remaining_epochs(tmp_path):
     assert ran == list(range(done + 1, 4))
     assert f"resuming from the checkpoint of epoch {done}" in resumed.stdout
     assert _committed_epoch(run_dir) == 3
+
+
+def test_a_user_error_on_the_workers_stays_a_user_error(tmp_path, monkeypatch):
+    import rsam_dist.ray_train as ray_train
+    from rsam_dist.errors import UserError
+
+    # Skip the driver's own data check, so the missing dataset is found on a worker (as on a cluster).
+    monkeypatch.setattr(ray_train, "load_dataset", lambda data_config: None)
+    config = load_config(None, [f"data.root={tmp_path / 'empty'}", "data.download=false", "train.epochs=1",
+                                "train.max_failures=0", f"train.storage={tmp_path}", "train.name=missing"])
+    with pytest.raises(UserError, match="cifar-10-batches-py"):
+        ray_train.train_on_ray(config)

@@ -1,0 +1,216 @@
+"""Checks for Ray cluster-launcher files (`cluster/*.yaml`), offline and without credentials.
+
+Two layers, both run by `rsam-dist validate cluster/X.yaml`:
+
+1. Ray's own: `prepare_config` merges the provider's defaults.yaml (as `ray up` does) and
+   `validate_config` checks the result against ray/autoscaler/ray-schema.json (unknown keys,
+   a bad head_node_type, min_workers over max_workers, an unknown provider). Private API, but
+   it is exactly what `ray up` runs first; it needs no boto3 and no cloud account.
+2. Ours, on the *prepared* config (so a default that Ray fills in is checked too):
+   - no security-group rule opens a port other than 22 to 0.0.0.0/0 or ::/0;
+   - the head's dashboard is not bound to 0.0.0.0 (Ray's AWS default is; reach it through
+     `ray dashboard FILE`, an SSH port-forward);
+   - every `ray start` runs with RAY_AUTH_MODE=token;
+   - every node installs rsam-dist pinned: `pip install -r requirements.lock`, then
+     `pip install --no-deps -e .`.
+
+Every failure is a one-line UserError naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from rsam_dist.config import read_yaml
+from rsam_dist.errors import UserError
+
+WORLD_CIDRS = {"0.0.0.0/0", "::/0"}
+SSH_PORT = 22
+_OPEN_DASHBOARD = re.compile(r"--dashboard-host[= ]+['\"]?(0\.0\.0\.0|::|\[::\]|0)['\"]?(\s|;|$)")
+_LOCK_INSTALL = re.compile(r"pip3? install\b[^;&|]*\s-r\s+\S*requirements\.lock\b")
+_EDITABLE_INSTALL = re.compile(r"pip3? install\b[^;&|]*--no-deps\b[^;&|]*\s-e\s+\S+")
+_TOKEN_AUTH = "RAY_AUTH_MODE=token"
+UNSUPPORTED_GPU_FAMILIES = ("g2.",)  # Kepler GRID K520: below the sm_75 floor of current torch wheels
+
+
+def validate_cluster_file(path: str | Path) -> dict[str, Any]:
+    """The prepared config (Ray's defaults merged in) if `path` passes Ray's schema and our rules."""
+    raw = read_yaml(path)
+    prepared = _ray_prepare_and_validate(path, raw)
+    check_security_rules(path, prepared)
+    check_pinned_install(path, prepared)
+    return prepared
+
+
+def describe_cluster_file(path: str | Path) -> str:
+    """A short human summary of a valid cluster file (raises UserError if it is not valid)."""
+    config = validate_cluster_file(path)
+    provider = config["provider"]
+    where = provider.get("region") or provider.get("head_ip") or provider.get("coordinator_address") or ""
+    lines = [
+        f"{path}: valid Ray cluster config (Ray's schema and rsam-dist's security and install rules)",
+        f"cluster '{config.get('cluster_name')}' on {provider['type']}{f' ({where})' if where else ''}: "
+        f"at most {config.get('max_workers')} workers, idle workers removed after "
+        f"{config.get('idle_timeout_minutes')} min",
+    ]
+    if provider["type"] == "local":
+        workers = ", ".join(provider.get("worker_ips") or []) or "none"
+        node_type = next(iter(config["available_node_types"].values()))
+        low, high = node_type.get("min_workers", 0), node_type.get("max_workers")
+        lines.append(f"  head {where}; workers {workers} (Ray runs on {low}..{high} of them)")
+    else:
+        lines.extend(_describe_node_types(config))
+    instance_types = {str((t.get("node_config") or {}).get("InstanceType", "")) for t in
+                      config["available_node_types"].values()}
+    if any(name.startswith(UNSUPPORTED_GPU_FAMILIES) for name in instance_types):
+        lines.append("note: g2 nodes carry the GRID K520 (compute capability 3.0), which current PyTorch "
+                     "cannot use: runs stop with an error; train on cluster/aws-gpu.yaml")
+    lines.append(f"start: ray up {path}    dashboard: ray dashboard {path}    stop: ray down {path}")
+    return "\n".join(lines)
+
+
+def _describe_node_types(config: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, node_type in config["available_node_types"].items():
+        node_config = node_type.get("node_config") or {}
+        instance = node_config.get("InstanceType") or node_config.get("machineType") or "-"
+        market = (node_config.get("InstanceMarketOptions") or {}).get("MarketType")
+        pricing = "spot" if market == "spot" else "on-demand"
+        if name == config["head_node_type"]:
+            role = "head"
+        else:
+            role = f"{node_type.get('min_workers', 0)}..{node_type.get('max_workers')} workers"
+        line = f"  {name:<14} {instance:<13} {pricing:<10} {role}"
+        resources = " ".join(f"{k}={v}" for k, v in (node_type.get("resources") or {}).items())
+        if resources:
+            line += f"  resources {resources}"
+        if str(node_config.get("ImageId", "")).upper().startswith("AMI-REPLACE"):
+            line += "  (set ImageId before `ray up`)"
+        lines.append(line)
+    return lines
+
+
+# --- Ray's own validation ----------------------------------------------------------------------
+
+
+def _ray_prepare_and_validate(path: str | Path, raw: dict[str, Any]) -> dict[str, Any]:
+    import click
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    provider = raw.get("provider")
+    if not isinstance(provider, dict) or "type" not in provider:
+        raise UserError(f"{path}: no provider.type; set provider: {{type: aws|local|gcp|...}}")
+    if provider["type"] == "local":
+        _check_local_provider(path, raw)
+    try:
+        # prepare_config prints Ray's own notes (cli_logger, logging); a UserError below says it in one line.
+        with _quiet_ray():
+            prepared = prepare_config(raw)
+            validate_config(prepared)
+    except jsonschema.ValidationError as err:
+        where = ".".join(str(part) for part in err.absolute_path) or "top level"
+        raise UserError(f"{path}: Ray's cluster schema: {_one_line(err.message)} (at {where}); "
+                        "fix or remove that key") from None
+    except NotImplementedError as err:
+        raise UserError(f"{path}: unsupported provider.type {provider['type']!r}: {_one_line(err)}") from None
+    except click.ClickException as err:
+        raise UserError(f"{path}: {_one_line(err.message)}") from None
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise UserError(f"{path}: Ray's cluster checks: {_one_line(err)}") from None
+    return prepared
+
+
+@contextlib.contextmanager
+def _quiet_ray():
+    autoscaler_logger = logging.getLogger("ray.autoscaler")
+    level = autoscaler_logger.level
+    autoscaler_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        autoscaler_logger.setLevel(level)
+
+
+def _check_local_provider(path: str | Path, raw: dict[str, Any]) -> None:
+    """What Ray's prepare_local would abort on, said in one line instead of a PANIC block."""
+    provider = raw["provider"]
+    for field in ("head_node", "worker_nodes", "available_node_types"):
+        if raw.get(field):
+            raise UserError(f"{path}: provider type local does not take `{field}`; list the machines in "
+                            "provider.head_ip/worker_ips and give resources as ray start flags")
+    if "coordinator_address" not in provider and not ("head_ip" in provider and "worker_ips" in provider):
+        raise UserError(f"{path}: provider type local needs provider.head_ip and provider.worker_ips "
+                        "(or provider.coordinator_address)")
+
+
+def _one_line(message: Any) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+# --- our rules ---------------------------------------------------------------------------------
+
+
+def check_security_rules(path: str | Path, config: dict[str, Any]) -> None:
+    """No port but SSH open to the world; dashboard on loopback; token auth on every ray start."""
+    permissions = (config["provider"].get("security_group") or {}).get("IpPermissions") or []
+    for permission in permissions:
+        if _open_to_world(permission) and not _ssh_only(permission):
+            ports = _port_text(permission)
+            raise UserError(
+                f"{path}: provider.security_group.IpPermissions opens {ports} to the world; only SSH "
+                "(22) may be: remove the rule and reach the dashboard with `ray dashboard FILE`"
+            )
+    head_commands = list(config.get("head_start_ray_commands") or [])
+    for command in head_commands:
+        if _OPEN_DASHBOARD.search(command):
+            raise UserError(
+                f"{path}: head_start_ray_commands start the dashboard on all interfaces; use "
+                "--dashboard-host=127.0.0.1 and `ray dashboard FILE` (an SSH port-forward)"
+            )
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        commands = list(config.get(key) or [])
+        exported = False
+        for command in commands:
+            exported = exported or f"export {_TOKEN_AUTH}" in command
+            if "ray start" in command and not (exported or _TOKEN_AUTH in command):
+                raise UserError(f"{path}: {key} run `ray start` without token auth; "
+                                f"prefix it with {_TOKEN_AUTH}")
+
+
+def check_pinned_install(path: str | Path, config: dict[str, Any]) -> None:
+    """Head and workers both install the lock file and then rsam-dist itself without deps."""
+    for key in ("head_setup_commands", "worker_setup_commands"):  # setup_commands merged into both
+        commands = list(config.get(key) or [])
+        if not any(_LOCK_INSTALL.search(c) for c in commands):
+            raise UserError(f"{path}: {key} (with setup_commands) never run `pip install -r "
+                            "requirements.lock`; add it to setup_commands so every node has the tested stack")
+        if not any(_EDITABLE_INSTALL.search(c) for c in commands):
+            raise UserError(f"{path}: {key} (with setup_commands) never run `pip install --no-deps -e .` "
+                            "in the copied project; add it after the requirements.lock install")
+
+
+def _open_to_world(permission: dict[str, Any]) -> bool:
+    ipv4 = {r.get("CidrIp") for r in permission.get("IpRanges") or []}
+    ipv6 = {r.get("CidrIpv6") for r in permission.get("Ipv6Ranges") or []}
+    return bool((ipv4 | ipv6) & WORLD_CIDRS)
+
+
+def _ssh_only(permission: dict[str, Any]) -> bool:
+    protocol = str(permission.get("IpProtocol", "")).lower()
+    return protocol in {"tcp", "6"} and permission.get("FromPort") == SSH_PORT == permission.get("ToPort")
+
+
+def _port_text(permission: dict[str, Any]) -> str:
+    protocol = str(permission.get("IpProtocol", ""))
+    if protocol == "-1":
+        return "every port"
+    low, high = permission.get("FromPort"), permission.get("ToPort")
+    return f"{protocol} port {low}" if low == high else f"{protocol} ports {low}-{high}"

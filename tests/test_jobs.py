@@ -1,0 +1,326 @@
+"""Ray Jobs against real Ray heads on this machine: submit, status, logs, stop, tensorboard.
+
+The heads are started with `ray start --head --block` on free loopback ports and their own
+--temp-dir, and torn down by killing exactly the processes each fixture started (never `ray stop`,
+which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rsam_dist.cli import RsamGroup
+from rsam_dist.cli_cluster import COMMANDS
+from rsam_dist.jobs import TERMINAL, free_port, job_client, use_token_auth, wait_for_job
+
+pytestmark = pytest.mark.ray
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+TINY = ["data.name=digits", "data.limit_train=256", "data.limit_test=100", "train.mask_images=0"]
+PORT_FLAGS = [
+    "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+    "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port",
+    "ray-client-server-port",
+]
+
+
+# --- starting and stopping our own Ray heads --------------------------------------------------
+
+
+@dataclass
+class Head:
+    process: subprocess.Popen
+    temp_dir: Path
+    url: str
+    gcs_port: int
+
+
+def start_head(*flags: str, env: dict[str, str] | None = None, autoscaling_yaml: dict | None = None) -> Head:
+    # Short temp dir: Ray's unix socket paths must stay under 108 characters.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rsj", dir="/tmp"))
+    ports = {flag: free_port() for flag in PORT_FLAGS}
+    extra = []
+    if autoscaling_yaml is not None:
+        autoscaling_yaml["provider"]["gcs_address"] = f"{node_ip()}:{ports['port']}"
+        (temp_dir / "autoscaling.yaml").write_text(yaml.safe_dump(autoscaling_yaml))
+        extra.append(f"--autoscaling-config={temp_dir / 'autoscaling.yaml'}")
+    command = [
+        RAY, "start", "--head", "--block", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats", *[f"--{flag}={port}" for flag, port in ports.items()], *extra, *flags,
+    ]
+    head_env = dict(os.environ, RAY_AUTH_MODE="token", **(env or {}))
+    # The job's `python` must be this venv's.
+    head_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}"
+    with open(temp_dir / "ray-start.log", "w") as log:
+        process = subprocess.Popen(command, env=head_env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    head = Head(process, temp_dir, f"http://127.0.0.1:{ports['dashboard-port']}", ports["port"])
+    try:
+        wait_for_dashboard(head)
+    except BaseException:
+        stop_head(head)
+        raise
+    return head
+
+
+def wait_for_dashboard(head: Head, timeout_s: float = 90.0) -> None:
+    from rsam_dist.errors import UserError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if head.process.poll() is not None:
+            raise RuntimeError(f"ray start exited: {(head.temp_dir / 'ray-start.log').read_text()[-2000:]}")
+        try:
+            job_client(head.url).list_jobs()
+            return
+        except UserError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, stack = [root], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_head(head: Head, grace_s: float = 4.0) -> None:
+    """SIGTERM the `ray start --block` process and everything it started, then SIGKILL leftovers."""
+    pids = process_tree(head.process.pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(is_running(pid) for pid in pids):
+        time.sleep(0.2)
+    for pid in set(pids) | set(process_tree(head.process.pid)):
+        if is_running(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    head.process.wait(timeout=10)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+def node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def job_env(tmp_path_factory) -> Iterator[Path]:
+    """A private job registry and remote-runs directory; token auth for this process's clients."""
+    base = tmp_path_factory.mktemp("jobs")
+    saved = {key: os.environ.get(key) for key in ("RSAM_DIST_HOME", "RSAM_DIST_REMOTE_RUNS", "RAY_AUTH_MODE")}
+    os.environ["RSAM_DIST_HOME"] = str(base / "home")
+    os.environ["RSAM_DIST_REMOTE_RUNS"] = str(base / "remote-runs")
+    use_token_auth()
+    if not (Path.home() / ".ray" / "auth_token").exists():  # `ray start` needs one; ray.init makes one too
+        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True)
+    yield base
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def ray_head(job_env) -> Iterator[Head]:
+    head = start_head("--num-cpus=2", f"--resources={json.dumps({'train_driver': 4})}")
+    yield head
+    stop_head(head)
+
+
+def cli() -> click.Group:
+    @click.group(cls=RsamGroup)
+    def group() -> None:
+        pass
+
+    for command in COMMANDS:
+        group.add_command(command)
+    return group
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(cli(), list(args))
+    assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
+    return result.stdout
+
+
+def submit(url: str, kind: str, file: str, *overrides: str) -> str:
+    sets = [part for text in overrides for part in ("--set", text)]
+    job_id = run("submit", kind, str(REPO_ROOT / file), "--address", url, *sets).strip()
+    assert job_id.startswith(f"rsam-{kind}-")
+    return job_id
+
+
+# --- an autoscaled worker (Ray's fake multi-node provider) --------------------------------------
+
+FAKE_CLUSTER = {
+    "cluster_name": "rsam-fake",
+    "max_workers": 2,
+    "upscaling_speed": 1.0,
+    "idle_timeout_minutes": 0.2,
+    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                 "disable_launch_config_check": True},
+    "auth": {"ssh_user": "ubuntu"},
+    "available_node_types": {
+        "ray.head.default": {"resources": {"CPU": 0}, "max_workers": 0, "node_config": {}},
+        "ray.worker.cpu": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2, "node_config": {}},
+    },
+    "head_node_type": "ray.head.default",
+    "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+    "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+}
+
+
+def test_job_runs_on_an_autoscaled_worker(job_env):
+    # The head has no CPUs, so the Train worker can only run on a node the autoscaler adds.
+    fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}  # check for demand every second
+    head = start_head("--num-cpus=0", env=fake, autoscaling_yaml=copy.deepcopy(FAKE_CLUSTER))
+    try:
+        job_id = submit(head.url, "train", "configs/digits.yaml", "train.epochs=1", *TINY)
+        assert wait_for_job(job_id, timeout_s=85, address=head.url) == "SUCCEEDED", run("logs", job_id)
+        assert "epoch   1/1" in run("logs", job_id)
+        from ray.util.state import list_nodes
+
+        workers = [n for n in list_nodes(address=head.url, detail=True) if not n.is_head_node]
+        assert workers and workers[0].resources_total.get("CPU") == 1.0
+    finally:
+        stop_head(head)
+
+
+# --- one head, several jobs -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_job(ray_head) -> str:
+    job_id = submit(ray_head.url, "train", "configs/digits.yaml", "train.epochs=1", *TINY)
+    status = wait_for_job(job_id, timeout_s=150, address=ray_head.url)
+    assert status == "SUCCEEDED", run("logs", job_id)
+    return job_id
+
+
+def test_train_job_succeeds_and_logs_its_epochs(train_job):
+    assert run("status", train_job).split() == [train_job, "SUCCEEDED"]
+    logs = run("logs", train_job)
+    assert "epoch   1/1" in logs and "final test top-1" in logs
+    assert "epoch   1/1" in run("logs", train_job, "--follow")  # a finished job: prints and returns
+    assert train_job in run("status")  # the registry lists it
+
+
+def test_train_job_outputs_land_in_the_job_directory(train_job, job_env):
+    job_dir = job_env / "remote-runs" / train_job
+    assert len(list(job_dir.glob("runs/*/config.yaml"))) == 1
+    record = json.loads((job_env / "home" / "jobs.json").read_text())["jobs"][train_job]
+    assert record["remote_dir"] == str(job_dir) and record["kind"] == "train"
+    assert record["file"] == "configs/digits.yaml"
+
+
+def test_tensorboard_collects_the_jobs_event_files(train_job, job_env):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = job_env / "tb"
+    printed = run("tensorboard", "--job", train_job, "--out", str(out), "--no-launch")
+    assert f"tensorboard --logdir {out} --host 127.0.0.1" in printed
+    files = sorted(out.rglob("events.out.tfevents.*"))
+    assert files
+    accumulator = EventAccumulator(str(files[0]))
+    accumulator.Reload()
+    assert "test/top1" in accumulator.Tags()["scalars"]
+    assert [event.step for event in accumulator.Scalars("test/top1")] == [1]
+
+
+def test_stop_stops_a_long_job(ray_head):
+    job_id = submit(ray_head.url, "train", "configs/digits.yaml", "train.epochs=100", *TINY)
+    started = wait_for_job(job_id, timeout_s=60, address=ray_head.url, until={"RUNNING", *TERMINAL})
+    assert started == "RUNNING"
+    time.sleep(3)  # into the Ray Train run
+    assert run("stop", job_id).split() == [job_id, "STOPPED"]
+    assert run("status", job_id).split()[:2] == [job_id, "STOPPED"]
+
+
+def test_a_failing_job_reports_its_one_line_error(ray_head, job_env):
+    # A UserError in the job (here: the run directory is taken) ends it FAILED, and `status` shows
+    # rsam-dist's one line rather than Ray's wall of log tail.
+    taken = job_env / "taken-storage" / "taken"
+    taken.mkdir(parents=True)
+    (taken / "config.yaml").write_text("{}\n")
+    job_id = submit(ray_head.url, "train", "configs/digits.yaml", f"train.storage={taken.parent}",
+                    "train.name=taken", *TINY)
+    assert wait_for_job(job_id, timeout_s=60, address=ray_head.url) == "FAILED"
+    line = run("status", job_id)
+    assert line.startswith(f"{job_id}  FAILED  (rsam-dist: error: {taken} already holds a run")
+    assert line.count("\n") == 1
+
+
+def test_unknown_job_on_a_live_cluster_is_one_line(ray_head):
+    result = CliRunner().invoke(cli(), ["status", "rsam-train-nope", "--address", ray_head.url])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "rsam-dist: error: job rsam-train-nope does not exist on that cluster")
+
+
+def test_sweep_job(ray_head, job_env):
+    try:
+        import rsam_dist.sweep  # noqa: F401
+    except ImportError:
+        pytest.skip("rsam_dist.sweep (`rsam-dist sweep`) is not in this checkout yet")
+    if not (REPO_ROOT / "sweeps" / "demo.yaml").is_file():
+        pytest.skip("sweeps/demo.yaml is not in this checkout yet")
+    # The demo sweep cut to 2 one-epoch trials on a slice of digits.
+    job_id = submit(ray_head.url, "sweep", "sweeps/demo.yaml", "search={model.glimpses: {grid: [1, 2]}}",
+                    "train.epochs=1", *TINY)
+    status = wait_for_job(job_id, timeout_s=180, address=ray_head.url)
+    logs = run("logs", job_id)
+    assert status == "SUCCEEDED", logs
+    assert "2 trials" in logs
+    results = list((job_env / "remote-runs" / job_id).glob("runs/demo/results.csv"))
+    assert len(results) == 1 and len(results[0].read_text().splitlines()) == 3  # header + 2 trials
+    out = job_env / "tb-sweep"
+    run("tensorboard", "--job", job_id, "--out", str(out), "--no-launch")
+    assert len({path.parent for path in out.rglob("events.out.tfevents.*")}) >= 2  # one per trial at least
