@@ -9,6 +9,7 @@ what is allowed.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,7 +177,7 @@ def apply_values(raw: dict[str, Any], values: dict, origin: str = "--set") -> di
 
     Unknown keys are left for validation to report, with the list of allowed ones.
     """
-    merged = _deep_copy(raw)
+    merged = copy.deepcopy(raw)
     for dotted, value in values.items():
         keys = dotted.split(".") if isinstance(dotted, str) else list(dotted)
         node = merged
@@ -229,6 +230,3 @@ def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
         model = annotation
     return list(model.model_fields)
 
-
-def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}

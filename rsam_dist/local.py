@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rsam_dist.config import Config
 from rsam_dist.errors import UserError
 from rsam_dist.recorder import EpochRecorder
@@ -25,7 +23,7 @@ def train_local(config: Config, resume: bool = False) -> tuple[str, dict[str, fl
 
     def on_epoch(result: EpochResult, state: TrainState) -> None:
         recorder.record(result, state)
-        save_local_checkpoint(Path(directory), state.state_dict(), config.train.keep_checkpoints)
+        save_local_checkpoint(directory, state.state_dict(), config.train.keep_checkpoints)
 
     state = fit(config, on_epoch, resume_from=start)
     recorder.finish(state)

@@ -144,13 +144,19 @@ def _write_config(tmp_path: Path, epochs: int, workers: int) -> Path:
     return path
 
 
-def test_a_killed_worker_is_replaced_and_the_run_resumes(tmp_path):
-    config = _write_config(tmp_path, epochs=4, workers=2)
+def _train_past_first_epoch(tmp_path: Path, epochs: int, workers: int) -> tuple[subprocess.Popen, Path]:
+    """`rsam-dist train` in a subprocess, returned once epoch 1's checkpoint is committed."""
+    config = _write_config(tmp_path, epochs=epochs, workers=workers)
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
         [*RSAM_DIST, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     _wait_for_epoch(run_dir, 1, process)
+    return process, run_dir
+
+
+def test_a_killed_worker_is_replaced_and_the_run_resumes(tmp_path):
+    process, run_dir = _train_past_first_epoch(tmp_path, epochs=4, workers=2)
     victims = _train_worker_pids()
     assert len(victims) == 2
     os.kill(victims[-1], signal.SIGKILL)
@@ -164,12 +170,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes(tmp_path):
 
 
 def test_resume_of_a_stopped_run_finishes_only_the_remaining_epochs(tmp_path):
-    config = _write_config(tmp_path, epochs=3, workers=1)
-    run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [*RSAM_DIST, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    _wait_for_epoch(run_dir, 1, process)
+    process, run_dir = _train_past_first_epoch(tmp_path, epochs=3, workers=1)
     process.send_signal(signal.SIGINT)  # Ctrl-C
     process.communicate(timeout=120)
     done = _committed_epoch(run_dir)
