@@ -14,6 +14,7 @@ from torch import nn
 from rsam_dist.config import ModelConfig
 from rsam_dist.data import ImageSplit, test_shard
 from rsam_dist.distributed import World
+from rsam_dist.metrics import glimpse_metric
 from rsam_dist.model import combined_scores, rsam_loss
 
 EVAL_BATCH = 500
@@ -67,5 +68,5 @@ def evaluate(model: nn.Module, split: ImageSplit, model_config: ModelConfig, wor
     count = totals[-1].clamp(min=1)
     metrics = {"test_top1": (totals[0] / count).item()}
     for glimpse in range(glimpses):
-        metrics[f"test_top1_glimpse_{glimpse + 1}"] = (totals[glimpse + 1] / count).item()
+        metrics[glimpse_metric(glimpse + 1)] = (totals[glimpse + 1] / count).item()
     return metrics

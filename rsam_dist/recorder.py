@@ -8,20 +8,10 @@ import json
 from pathlib import Path
 
 from rsam_dist.config import Config
+from rsam_dist.metrics import format_epoch_line
 from rsam_dist.runs import STATE_FILE, local_dir, save_state, tensorboard_dir
 from rsam_dist.tensorboard_log import TensorBoardLogger
 from rsam_dist.training import EpochResult, TrainState
-
-
-def format_epoch_line(metrics: dict[str, float], epochs: int) -> str:
-    glimpses = " ".join(
-        f"{100 * value:.1f}" for key, value in metrics.items() if key.startswith("test_top1_glimpse_")
-    )
-    return (
-        f"epoch {int(metrics['epoch']):>3}/{epochs}  loss {metrics['train_loss']:.4f}  "
-        f"test top-1 {100 * metrics['test_top1']:.2f}%  (per glimpse {glimpses})  "
-        f"lr {metrics['lr']:.5f}  {metrics['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f} s"
-    )
 
 
 METRICS_FILE = "metrics.jsonl"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rsam_dist.errors import UserError
+from rsam_dist.metrics import is_history_metric
 from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
 from rsam_dist.sweep_config import Distribution, ResolvedSweep, SweepConfig, load_sweep
 
@@ -31,7 +32,6 @@ SWEEP_FILE = "sweep.yaml"
 RESULTS_FILE = "results.csv"
 HISTORY_FILE = "history.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
-HISTORY_METRICS = ("test_top1", "train_loss", "lr", "images_per_sec", "epoch_seconds")
 
 
 # --- the trial: a driver that fits one TorchTrainer ---------------------------------------------
@@ -297,19 +297,15 @@ def collect_results(sweep: ResolvedSweep) -> tuple[list[dict[str, Any]], list[di
                 status = "pending"
             row = {"trial_id": trial.trial_id, "status": status, "epochs_run": epochs_run, "epochs_planned": planned}
             row.update({key: trial.config.get(key) for key in keys})
-            row.update({f"final_{name}": value for name, value in last.items() if _is_epoch_metric(name)})
+            row.update({f"final_{name}": value for name, value in last.items() if is_history_metric(name)})
             row["best_test_top1"] = max((record["test_top1"] for record in epochs), default=None)
             row["run_dir"] = str(run_dir)
             rows.append(row)
             for record in epochs:
                 entry = {"trial_id": trial.trial_id, "epoch": int(record["epoch"])}
-                entry.update({name: value for name, value in record.items() if _is_epoch_metric(name)})
+                entry.update({name: value for name, value in record.items() if is_history_metric(name)})
                 history.append(entry)
     return rows, history
-
-
-def _is_epoch_metric(name: str) -> bool:
-    return name in HISTORY_METRICS or name.startswith("test_top1_glimpse_")
 
 
 def write_results(sweep: ResolvedSweep, rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:

@@ -34,6 +34,7 @@ from rsam_dist.config import (
     validate_dict,
 )
 from rsam_dist.errors import UserError
+from rsam_dist.metrics import optimisable_metrics
 
 
 class Distribution(Section):
@@ -213,10 +214,20 @@ def load_sweep(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) ->
             resolved.trial_config({key: distribution.sample_value()})
         except UserError as err:
             raise UserError(f"{path}: search.{key}: {str(err).split(': ', 2)[-1]}") from None
-    if spec.metric not in ("test_top1", "train_loss") and not spec.metric.startswith("test_top1_glimpse_"):
-        raise UserError(f"{path}: metric {spec.metric!r} is not reported: use test_top1, train_loss or "
-                        "test_top1_glimpse_<i>")
+    reported = optimisable_metrics(_most_glimpses(spec, base))
+    if spec.metric not in reported:
+        raise UserError(f"{path}: metric {spec.metric!r} is not reported by these trials: use one of "
+                        f"{', '.join(reported)}")
     return resolved
+
+
+def _most_glimpses(spec: SweepConfig, base: Config) -> int:
+    """The largest glimpse count any trial of the sweep may have (per-glimpse metrics go that far)."""
+    searched = spec.search.get("model.glimpses")
+    if searched is None:
+        return base.model.glimpses
+    values = searched.grid or searched.choice or [searched.int[1] if searched.int else base.model.glimpses]
+    return max(int(value) for value in values)
 
 
 def describe_sweep(sweep: ResolvedSweep) -> str:

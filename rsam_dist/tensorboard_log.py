@@ -17,24 +17,12 @@ from torch.utils.tensorboard.summary import hparams
 
 from rsam_dist.config import Config
 from rsam_dist.data import MEAN, STD
+from rsam_dist.metrics import lookup
 from rsam_dist.training import EpochResult
 
-SCALAR_TAGS = {
-    "train_loss": "train/loss",
-    "lr": "train/lr",
-    "test_top1": "test/top1",
-    "images_per_sec": "speed/images_per_sec",
-    "epoch_seconds": "speed/epoch_seconds",
-}
-HPARAM_METRICS = ("hparams/final_test_top1", "hparams/best_test_top1", "hparams/final_train_loss")
-
-
-def scalar_tag(metric: str) -> str | None:
-    if metric in SCALAR_TAGS:
-        return SCALAR_TAGS[metric]
-    if metric.startswith("test_top1_glimpse_"):
-        return "test/top1_glimpse_" + metric.removeprefix("test_top1_glimpse_")
-    return None
+def scalar_tag(name: str) -> str | None:
+    metric = lookup(name)
+    return metric.tag if metric else None
 
 
 def flat_hparams(config: Config) -> dict[str, float | int | str | bool]:
