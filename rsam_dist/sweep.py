@@ -43,18 +43,14 @@ def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rsam_dist.ray_train import build_trainer, fit_trainer
-    from rsam_dist.runs import save_run_config
+    from rsam_dist.runs import RunDir, save_run_config, with_run_dir
 
     sweep = load_sweep(Path(sweep_dir) / SWEEP_FILE)
-    trial_id = tune.get_context().get_trial_id()
-    config = sweep.trial_config(params)
-    config = config.model_copy(
-        update={"train": config.train.model_copy(update={"storage": str(Path(sweep_dir) / "trials"),
-                                                         "name": trial_id})}
-    )
-    path = f"{sweep_dir}/trials/{trial_id}"  # a stable name: a restored trial resumes its checkpoint
-    save_run_config(path, config)
-    fit_trainer(build_trainer(config, path, callbacks=[TuneReportCallback()], quiet=True))
+    # A stable name: a restored trial resumes its own checkpoint.
+    run = RunDir(str(Path(sweep_dir) / "trials"), tune.get_context().get_trial_id())
+    config = with_run_dir(sweep.trial_config(params), run)
+    save_run_config(run, config)
+    fit_trainer(build_trainer(config, run, callbacks=[TuneReportCallback()], quiet=True))
 
 
 # --- Tune wiring --------------------------------------------------------------------------------
@@ -270,7 +266,7 @@ def collect_results(sweep: ResolvedSweep) -> tuple[list[dict[str, Any]], list[di
     """
     from ray.tune import ExperimentAnalysis
 
-    from rsam_dist.recorder import read_metrics
+    from rsam_dist.runs import read_metrics
 
     rows, history = [], []
     planned = sweep.base.train.epochs
