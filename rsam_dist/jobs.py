@@ -348,7 +348,7 @@ def _plan_train(path: Path, overrides: list[str], job_dir: str) -> tuple[list[st
 
 
 def _plan_sweep(path: Path, overrides: list[str], job_dir: str) -> tuple[list[str], str]:
-    from rsam_dist.sweep_config import load_sweep
+    from rsam_dist.sweep.config import load_sweep
 
     sweep = load_sweep(path, overrides)  # a bad sweep file or --set fails here
     extra = _data_root_override(sweep.base.data.root, overrides)

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from rsam_dist.cli_report import report
+from rsam_dist.cli import main
 from rsam_dist.config import Config
 from rsam_dist.errors import UserError
 from rsam_dist.report import write_report
@@ -148,7 +148,7 @@ def test_ablation_report(ablation_dir: Path):
 
 
 def test_cli_prints_the_paths(ablation_dir: Path):
-    result = CliRunner().invoke(report, [str(ablation_dir)])
+    result = CliRunner().invoke(main, ["report", str(ablation_dir)])
     assert result.exit_code == 0, result.output
     assert result.output.split() == [str(ablation_dir / "fig_top1_per_epoch.png"), str(ablation_dir / "report.md")]
 

@@ -15,8 +15,7 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rsam_dist.cli import main
-from rsam_dist.sweep import run_sweep
-from rsam_dist.sweep_config import load_sweep
+from rsam_dist.sweep import load_sweep, run_sweep
 
 pytestmark = pytest.mark.ray
 

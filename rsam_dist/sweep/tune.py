@@ -26,7 +26,7 @@ from typing import Any
 from rsam_dist.errors import UserError
 from rsam_dist.metrics import is_history_metric
 from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
-from rsam_dist.sweep_config import Distribution, ResolvedSweep, SweepConfig, load_sweep
+from rsam_dist.sweep.config import Distribution, ResolvedSweep, SweepConfig, load_sweep
 
 SWEEP_FILE = "sweep.yaml"
 RESULTS_FILE = "results.csv"
