@@ -28,11 +28,11 @@ def validate_file(path: str | Path, overrides: tuple[str, ...] = ()) -> str:
     raw = read_yaml(path)
     kind = file_kind(raw)
     if kind == "cluster":
-        from rsam_dist.cluster_config import describe_cluster_file
+        from rsam_dist.jobs.cluster_file import describe_cluster_file
 
         return describe_cluster_file(path)
     if kind == "sweep":
-        from rsam_dist.sweep.config import describe_sweep, load_sweep
+        from rsam_dist.sweep_config import describe_sweep, load_sweep
 
         return describe_sweep(load_sweep(path, overrides))
     config = validate_dict(Config, apply_overrides(raw, list(overrides)), str(path))

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from rsam_dist.cli import main
-from rsam_dist.cluster_config import describe_cluster_file, validate_cluster_file
+from rsam_dist.jobs.cluster_file import describe_cluster_file, validate_cluster_file
 from rsam_dist.errors import UserError
 from rsam_dist.gpu_check import check_gpu_supported, min_supported_capability
 
@@ -267,7 +267,7 @@ def test_submit_refuses_files_outside_the_project(rsam_home, tmp_path):
 
 
 def test_job_plan_runs_from_the_job_directory(rsam_home):
-    from rsam_dist.jobs import plan_job
+    from rsam_dist.jobs.jobs import plan_job
 
     plan = plan_job("train", REPO_ROOT / "configs" / "digits.yaml", ["train.epochs=1"], "rsam-train-x")
     assert plan.file == "configs/digits.yaml"

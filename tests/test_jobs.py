@@ -26,7 +26,7 @@ import yaml
 from click.testing import CliRunner
 
 from rsam_dist.cli import main
-from rsam_dist.jobs import TERMINAL, free_port, job_client, use_token_auth, wait_for_job
+from rsam_dist.jobs.jobs import TERMINAL, free_port, job_client, use_token_auth, wait_for_job
 
 pytestmark = pytest.mark.ray
 

@@ -40,7 +40,7 @@ def submit(kind, file, overrides, cluster, address) -> None:
     The project is the job's working directory; outputs go to ~/rsam-dist-runs/JOB_ID/ on the
     head (or to an absolute / s3:// train.storage).
     """
-    from rsam_dist.jobs import submit_job
+    from rsam_dist.jobs.jobs import submit_job
 
     job_id = submit_job(kind, file, overrides, address=address, cluster=cluster,
                         notify=lambda note: click.echo(note, err=True))
@@ -53,7 +53,7 @@ def submit(kind, file, overrides, cluster, address) -> None:
 @cluster_options
 def status(job_id, cluster, address) -> None:
     """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED); no id: list jobs."""
-    from rsam_dist.jobs import describe_status, list_jobs
+    from rsam_dist.jobs.jobs import describe_status, list_jobs
 
     click.echo(describe_status(job_id, address, cluster) if job_id else list_jobs())
 
@@ -64,7 +64,7 @@ def status(job_id, cluster, address) -> None:
 @cluster_options
 def logs(job_id, follow, cluster, address) -> None:
     """Print a job's output (driver and workers)."""
-    from rsam_dist.jobs import job_logs
+    from rsam_dist.jobs.jobs import job_logs
 
     text = job_logs(job_id, follow=follow, address=address, cluster=cluster,
                     write=lambda chunk: click.echo(chunk, nl=False))
@@ -77,7 +77,7 @@ def logs(job_id, follow, cluster, address) -> None:
 @cluster_options
 def stop(job_id, cluster, address) -> None:
     """Stop a running job and print its final status."""
-    from rsam_dist.jobs import stop_job
+    from rsam_dist.jobs.jobs import stop_job
 
     click.echo(f"{job_id}  {stop_job(job_id, address=address, cluster=cluster)}")
 
@@ -94,7 +94,7 @@ def stop(job_id, cluster, address) -> None:
 @click.option("--no-launch", is_flag=True, help="Only collect the files and print the command.")
 def tensorboard(source, job_id, cluster, target, port, no_launch) -> None:
     """Gather a run's or sweep's event files into one directory and start TensorBoard on it."""
-    from rsam_dist.tb_collect import collect_event_files, collect_for_job, default_target, launch_tensorboard
+    from rsam_dist.jobs.tensorboard import collect_event_files, collect_for_job, default_target, launch_tensorboard
 
     if bool(source) == bool(job_id):
         raise UserError("give a RUN_OR_SWEEP_DIR (a directory or URI) or --job JOB_ID, not both")

@@ -281,7 +281,7 @@ def _call(what: str, job_id: str, function: Callable[[], Any]) -> Any:
 
 def project_root() -> Path:
     """The checkout rsam_dist is imported from (the directory holding pyproject.toml)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # <root>/rsam_dist/jobs/jobs.py
     if not (root / "pyproject.toml").is_file():
         raise UserError(f"{root}: not an rsam-dist checkout (no pyproject.toml); "
                         "submit from a clone installed with `pip install -e .`")
@@ -392,7 +392,7 @@ def submit_job(
     plan = plan_job(kind, file, overrides, job_id)
     cluster_path = str(Path(cluster).resolve()) if cluster else None
     if cluster:
-        from rsam_dist.cluster_config import validate_cluster_file
+        from rsam_dist.jobs.cluster_file import validate_cluster_file
 
         prepared = validate_cluster_file(cluster)
         if notify and "://" not in plan.remote_dir and _has_worker_nodes(prepared):

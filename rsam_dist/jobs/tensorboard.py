@@ -42,7 +42,7 @@ def is_uri(source: str) -> bool:
 
 
 def default_target(name: str) -> Path:
-    from rsam_dist.jobs import rsam_home
+    from rsam_dist.jobs.jobs import rsam_home
 
     return rsam_home() / "tensorboard" / (name.rstrip("/").rsplit("/", 1)[-1] or "run")
 
@@ -104,7 +104,7 @@ def _collect_from_uri(uri: str, target: Path) -> list[Path]:
 
 
 def _collect_from_head(cluster: str, remote_dir: str, target: Path) -> list[Path]:
-    from rsam_dist.jobs import last_error_line, ray_executable
+    from rsam_dist.jobs.jobs import last_error_line, ray_executable
 
     if not Path(cluster).is_file():
         raise UserError(f"{cluster}: no such cluster file")
@@ -122,7 +122,7 @@ def _collect_from_head(cluster: str, remote_dir: str, target: Path) -> list[Path
 
 def collect_for_job(job_id: str, target: str | Path | None = None, cluster: str | None = None) -> Collected:
     """The event files of a job that `rsam-dist submit` recorded."""
-    from rsam_dist.jobs import find_record, registry_path
+    from rsam_dist.jobs.jobs import find_record, registry_path
 
     record = find_record(job_id)
     if record is None:
