@@ -105,11 +105,20 @@ def validate(file, overrides) -> None:
     click.echo(validate_file(file, overrides))
 
 
+@main.command()
+@click.argument("sweep_dir", type=click.Path(file_okay=False))
+def report(sweep_dir) -> None:
+    """Write the paper's figures (PNG) and report.md into SWEEP_DIR, and print their paths."""
+    from rsam_dist.report import write_report
+
+    for path in write_report(sweep_dir):
+        click.echo(path)
+
+
 def _register_subcommands() -> None:
     from rsam_dist.cli_jobs import logs, status, stop, submit, tensorboard
-    from rsam_dist.cli_report import report
 
-    for command in (report, submit, status, logs, stop, tensorboard):
+    for command in (submit, status, logs, stop, tensorboard):
         main.add_command(command)
 
 

@@ -32,7 +32,7 @@ def validate_file(path: str | Path, overrides: tuple[str, ...] = ()) -> str:
 
         return describe_cluster_file(path)
     if kind == "sweep":
-        from rsam_dist.sweep_config import describe_sweep, load_sweep
+        from rsam_dist.sweep.config import describe_sweep, load_sweep
 
         return describe_sweep(load_sweep(path, overrides))
     config = validate_dict(Config, apply_overrides(raw, list(overrides)), str(path))
