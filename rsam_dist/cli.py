@@ -59,26 +59,23 @@ def main() -> None:
               help="Continue the run in this directory to its planned epochs.")
 def train(config_file, overrides, local, address, resume_dir) -> None:
     """Train RSAM from CONFIG_FILE (YAML), by default as a Ray Train job."""
-    from rsam_dist.config import load_config
-    from rsam_dist.runs import load_run_config, with_run_name
+    from rsam_dist.run_start import plan_new_run, plan_resume
 
     if resume_dir:
-        config = load_run_config(resume_dir, overrides)
-    elif config_file:
-        config = with_run_name(load_config(config_file, overrides))
+        run, config = plan_resume(resume_dir, overrides, config_file)
     else:
-        raise UserError("give a CONFIG_FILE to train, or --resume RUN_DIR")
+        run, config = plan_new_run(config_file, overrides)
     if local:
         from rsam_dist.local import train_local
 
-        path, metrics = train_local(config, resume=bool(resume_dir))
+        metrics = train_local(run, config, resume=bool(resume_dir))
     else:
         from rsam_dist.ray_train import train_on_ray
 
-        path, metrics = train_on_ray(config, address=address, resume=bool(resume_dir))
+        metrics = train_on_ray(run, config, address=address, resume=bool(resume_dir))
     top1 = metrics.get("test_top1")
     summary = f"final test top-1 {100 * top1:.2f}%" if top1 is not None else "no epoch finished"
-    click.echo(f"{summary}\nrun directory: {path}\ntensorboard --logdir {path}")
+    click.echo(f"{summary}\nrun directory: {run}\ntensorboard --logdir {run.local or run.tensorboard}")
 
 
 @main.command()
@@ -89,10 +86,10 @@ def train(config_file, overrides, local, address, resume_dir) -> None:
 @click.option("--resume", is_flag=True, help="Continue the sweep: finished trials are kept, the rest run.")
 def sweep(sweep_file, overrides, address, resume) -> None:
     """Run the trials of SWEEP_FILE (YAML) on Ray Tune; --resume continues an interrupted one."""
-    from rsam_dist.sweep import load_sweep_for_cli, run_sweep, summarize
+    from rsam_dist.sweep import load_sweep_for_cli, load_sweep_results, run_sweep, summary_text
 
     directory = run_sweep(load_sweep_for_cli(sweep_file, overrides, resume), address=address, resume=resume)
-    click.echo(summarize(directory))
+    click.echo(summary_text(load_sweep_results(directory)))
 
 
 @main.command()

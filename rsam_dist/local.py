@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import math
+
 from rsam_dist.config import Config
+from rsam_dist.data import load_dataset
 from rsam_dist.errors import UserError
 from rsam_dist.recorder import EpochRecorder
-from rsam_dist.runs import latest_local_state, local_dir, run_dir, save_local_checkpoint, save_run_config
-from rsam_dist.training import EpochResult, TrainState, fit
+from rsam_dist.run_start import hold_lock
+from rsam_dist.runs import RunDir, latest_local_state, save_local_checkpoint, save_run_config
+from rsam_dist.training import EpochResult, TrainState, check_dataset_fits, fit
 
 
-def train_local(config: Config, resume: bool = False) -> tuple[str, dict[str, float]]:
-    """Train in-process; returns (run directory, last epoch's metrics)."""
-    path = run_dir(config)
-    directory = local_dir(path)
+def train_local(run: RunDir, config: Config, resume: bool = False) -> dict[str, float]:
+    """Train in-process in `run` (already checked by run_start); returns the last epoch's metrics."""
+    directory = run.local
     if directory is None:
         raise UserError("--local runs need a local train.storage directory; drop --local to use Ray storage")
-    start = latest_local_state(directory) if resume else None
-    if resume and start is None:
-        print(f"no checkpoint in {directory} yet: starting from epoch 1")
-    save_run_config(path, config)
-    recorder = EpochRecorder(config, path)
+    with hold_lock(directory):
+        start = latest_local_state(directory) if resume else None
+        if resume and start is None:
+            print(f"no checkpoint in {directory} yet: starting from epoch 1", flush=True)
+        dataset = load_dataset(config.data)
+        check_dataset_fits(dataset, config)
+        save_run_config(run, config)  # only now: every check has passed
+        best = start["best_top1"] if start else -math.inf
+        recorder = EpochRecorder(config, run, best_top1=best)
 
-    def on_epoch(result: EpochResult, state: TrainState) -> None:
-        recorder.record(result, state)
-        save_local_checkpoint(directory, state.state_dict(), config.train.keep_checkpoints)
+        def on_epoch(result: EpochResult, state: TrainState) -> None:
+            recorder.record(result, state)
+            save_local_checkpoint(directory, state.state_dict(), config.train.keep_checkpoints)
 
-    state = fit(config, on_epoch, resume_from=start)
-    recorder.finish(state)
-    return path, recorder.last_metrics
+        state = fit(config, on_epoch, resume_from=start, dataset=dataset)
+        recorder.finish(state)
+        return recorder.last_metrics or dict(state.last_metrics)

@@ -10,14 +10,17 @@ from contextlib import contextmanager
 from rsam_dist.errors import UserError
 
 # Sweep trial drivers ask for one unit of this custom resource instead of a CPU, so that Tune's
-# trials never hold the CPUs their own Train workers need (see shared/RAY-NOTES.md, section 2).
+# trials never hold the CPUs their own Train workers need (Ray Tune does not reserve a trial's Train workers).
 TRIAL_DRIVER_RESOURCE = "train_driver"
 LOCAL_TRIAL_DRIVER_SLOTS = 64
 
 
-def _quiet_ray_environment() -> None:
+def set_ray_environment() -> None:
+    """Every RAY_* setting rsam-dist relies on, in one place. Call it before importing ray, which
+    reads them at import time; a value the user set in the environment wins."""
     # Ray 2.59+ clusters started with `ray start` use token auth; a client must opt in.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # We are on the Train V2 API already: its migration notices are noise.
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     # Train V2 tees print() of workers into its logger, so every epoch line would show twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -47,7 +50,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
     serves the State API that Train V2's placement-group cleaner needs (without it, trials that
     Tune stops early leak their workers and a sweep deadlocks).
     """
-    _quiet_ray_environment()  # before importing ray, which reads these at import time
+    set_ray_environment()  # before importing ray, which reads these at import time
     import ray
 
     if ray.is_initialized():

@@ -10,7 +10,7 @@ directory (`--resume`) does the same after the driver itself died.
 from __future__ import annotations
 
 import logging
-import os
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +19,8 @@ from typing import Any
 from rsam_dist.config import Config
 from rsam_dist.data import load_dataset
 from rsam_dist.errors import UserError
-from rsam_dist.runs import STATE_FILE, load_state, run_dir, save_run_config
-
-# Quiet Ray's migration notices before Ray is imported (we are on the V2 API already).
-os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+from rsam_dist.run_start import hold_lock
+from rsam_dist.runs import STATE_FILE, BadCheckpoint, RunDir, load_state, newest_valid_state, save_run_config
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -41,7 +39,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     config = Config.model_validate(loop_config["config"])
-    path = loop_config["run_dir"]
+    run = RunDir(**loop_config["run"])
     check_gpu_supported(gpu_assigned=config.scaling.gpus_per_worker > 0)  # e.g. the paper's K520
     device = pick_device(config.train.device)
     world = World.current(device)
@@ -49,11 +47,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a replaced worker group, or a resumed run
-        with checkpoint.as_directory() as directory:
-            start = load_state(Path(directory) / STATE_FILE)
+        start = load_checkpoint_or_older(checkpoint, run)
         if world.is_main:
             print(f"resuming from the checkpoint of epoch {start['epoch'] + 1}", flush=True)
-    recorder = EpochRecorder(config, path, quiet=loop_config.get("quiet", False)) if world.is_main else None
+    recorder = None
+    if world.is_main:
+        best = start["best_top1"] if start else -math.inf
+        recorder = EpochRecorder(config, run, quiet=loop_config.get("quiet", False), best_top1=best)
 
     def on_epoch(result: EpochResult, state: TrainState) -> None:
         if recorder is not None:
@@ -74,8 +74,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         recorder.finish(state)
 
 
-def build_trainer(config: Config, path: str, callbacks: Sequence[Any] = (), quiet: bool = False):
-    """The TorchTrainer for `config`, storing under `path` (= train.storage/train.name)."""
+def load_checkpoint_or_older(checkpoint, run: RunDir) -> dict[str, Any]:
+    """The state in Ray's latest checkpoint or, when that file is bad, in the newest good older one.
+
+    Ray Train hands back only its latest committed checkpoint; its older siblings sit in the same
+    storage folder (`checkpoint_<timestamp>`, so names sort by age).
+    """
+    with checkpoint.as_directory() as directory:
+        try:
+            return load_state(Path(directory) / STATE_FILE)
+        except BadCheckpoint as err:
+            print(f"rsam-dist: warning: skipping {err}; trying an older checkpoint", flush=True)
+    local = run.local
+    if local is None:  # URI storage: no listing here; a bad newest checkpoint ends the run
+        raise UserError(f"{run}: the newest checkpoint is unreadable; start a new run with another train.name")
+    older = sorted(p / STATE_FILE for p in local.glob("checkpoint_*") if Path(checkpoint.path).name != p.name)
+    state = newest_valid_state([p for p in older if p.is_file()], run)
+    if state is None:
+        raise UserError(f"{run}: no usable checkpoint; start a new run with another train.name")
+    return state
+
+
+def build_trainer(config: Config, run: RunDir, callbacks: Sequence[Any] = (), quiet: bool = False):
+    """The TorchTrainer for `config`, storing its checkpoints in `run`."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -84,10 +105,10 @@ def build_trainer(config: Config, path: str, callbacks: Sequence[Any] = (), quie
     resources = {"CPU": scaling.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
-    storage, name = path.rsplit("/", 1)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "run_dir": path, "quiet": quiet},
+        train_loop_config={"config": config.to_dict(), "run": {"storage": run.storage, "name": run.name},
+                           "quiet": quiet},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
@@ -96,8 +117,8 @@ def build_trainer(config: Config, path: str, callbacks: Sequence[Any] = (), quie
             placement_strategy=scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage,
+            name=run.name,
+            storage_path=run.storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
             callbacks=list(callbacks),
@@ -107,23 +128,22 @@ def build_trainer(config: Config, path: str, callbacks: Sequence[Any] = (), quie
     )
 
 
-def train_on_ray(config: Config, address: str | None = None, resume: bool = False) -> tuple[str, dict]:
-    """Fit on the Ray cluster at `address` (or a local one); returns (run dir, final metrics).
+def train_on_ray(run: RunDir, config: Config, address: str | None = None, resume: bool = False) -> dict:
+    """Fit in `run` (already checked by run_start) on the Ray cluster at `address` (or a local
+    one); returns the final metrics.
 
-    A rerun with the same run directory continues from its last checkpoint (Ray Train V2 finds
-    it in storage), which is what `resume` means here: the config was read back from that run.
+    A rerun in the same run directory continues from its last checkpoint (Ray Train V2 finds it in
+    storage), which is what `resume` means here: the config was read back from that run.
     """
     from rsam_dist.ray_cluster import connect
 
-    path = run_dir(config)
-    if not resume:
-        _refuse_to_overwrite(path)
-    if not address:  # workers share this disk: find (or download) the data once, fail fast here
-        load_dataset(config.data)
-    save_run_config(path, config)
-    with connect(address):
-        result = fit_trainer(build_trainer(config, path))
-    return path, dict(result.metrics or {})
+    with hold_lock(run.local or run.path):
+        if not address:  # workers share this disk: find (or download) the data once, fail fast here
+            load_dataset(config.data)
+        with connect(address):
+            save_run_config(run, config)  # only now: Ray is up and the data is there
+            result = fit_trainer(build_trainer(config, run))
+    return dict(result.metrics or {})
 
 
 def fit_trainer(trainer):
@@ -157,11 +177,3 @@ def _user_error_message(failure: BaseException) -> str | None:
     if marker in text:  # the worker's traceback, as text
         return text.rsplit(marker, 1)[1].strip().splitlines()[0]
     return None
-
-
-def _refuse_to_overwrite(path: str) -> None:
-    from rsam_dist.runs import CONFIG_FILE, local_dir
-
-    directory = local_dir(path)
-    if directory is not None and (directory / CONFIG_FILE).exists():
-        raise UserError(f"{path} already holds a run: use --resume {path}, or set another train.name")

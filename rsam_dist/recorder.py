@@ -1,61 +1,39 @@
-"""What rank 0 does with each finished epoch, on every path: the progress line, TensorBoard, and
-the best checkpoint. (Epoch checkpoints differ by path: Ray's in ray_train.py, ours in local.py.)
+"""What rank 0 does with each finished epoch, on every path: the progress line, metrics.jsonl,
+TensorBoard, and the best checkpoint. (Epoch checkpoints differ by path: Ray's in ray_train.py,
+ours in local.py.)
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import math
 
 from rsam_dist.config import Config
 from rsam_dist.metrics import format_epoch_line
-from rsam_dist.runs import STATE_FILE, local_dir, save_state, tensorboard_dir
+from rsam_dist.runs import BEST_DIR, STATE_FILE, RunDir, append_metrics, save_state
 from rsam_dist.tensorboard_log import TensorBoardLogger
 from rsam_dist.training import EpochResult, TrainState
 
 
-METRICS_FILE = "metrics.jsonl"
-
-
-def append_metrics(run_path: str, metrics: dict[str, float]) -> None:
-    """One JSON line per epoch in the run directory (local runs only): the run's own record,
-    which sweeps read back whatever Tune kept of an interrupted and restored trial."""
-    directory = local_dir(run_path)
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-        with (directory / METRICS_FILE).open("a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
-
-
-def read_metrics(run_path: str | Path) -> list[dict[str, float]]:
-    """Every epoch's metrics from `append_metrics`, one per epoch (the last report of a redone epoch)."""
-    path = Path(run_path) / METRICS_FILE
-    if not path.is_file():
-        return []
-    by_epoch = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            metrics = json.loads(line)
-            by_epoch[int(metrics["epoch"])] = metrics
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
-
-
 class EpochRecorder:
-    def __init__(self, config: Config, run_path: str, quiet: bool = False):
+    def __init__(self, config: Config, run: RunDir, quiet: bool = False, best_top1: float = -math.inf):
+        """`best_top1`: the best test top-1 saved before (a resumed run's), which a tie does not replace."""
         self.config = config
-        self.run_path = run_path
+        self.run = run
         self.quiet = quiet
-        self.logger = TensorBoardLogger(tensorboard_dir(run_path, config), config)
+        self.logger = TensorBoardLogger(run.tensorboard, config)
         self.last_metrics: dict[str, float] = {}
+        self.best_saved = best_top1
 
     def record(self, result: EpochResult, state: TrainState) -> None:
         self.last_metrics = result.metrics
         if not self.quiet:
             print(format_epoch_line(result.metrics, self.config.train.epochs), flush=True)
         self.logger.log_epoch(result)
-        append_metrics(self.run_path, result.metrics)
-        if result.metrics["test_top1"] >= state.best_top1:  # best_top1 already includes this epoch
-            save_state(f"{self.run_path}/best/{STATE_FILE}", state.state_dict())
+        append_metrics(self.run, result.metrics)
+        top1 = result.metrics["test_top1"]
+        if top1 > self.best_saved:  # strictly better: on a tie the earlier epoch stays the best
+            save_state(self.run.file(BEST_DIR, STATE_FILE), state.state_dict())
+            self.best_saved = top1
 
     def finish(self, state: TrainState) -> None:
         if self.last_metrics:

@@ -20,6 +20,7 @@ from rsam_dist.data import MEAN, STD
 from rsam_dist.metrics import lookup
 from rsam_dist.training import EpochResult
 
+
 def scalar_tag(name: str) -> str | None:
     metric = lookup(name)
     return metric.tag if metric else None

@@ -25,6 +25,7 @@ from rsam_dist.distributed import World, pick_device
 from rsam_dist.engine import evaluate, train_one_epoch
 from rsam_dist.errors import UserError
 from rsam_dist.model import RSAM
+from rsam_dist.run_start import check_resume_fits
 
 
 @dataclass
@@ -51,8 +52,11 @@ class TrainState:
     best_top1: float = -1.0
     last_metrics: dict[str, float] = field(default_factory=dict)
     """The metrics of epoch `epoch`, so a run resumed after its last epoch can still report them."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The resolved config the state was made with (a resume checks that it fits)."""
 
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain Python values only, so `torch.load(weights_only=True)` reads it back."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -60,12 +64,8 @@ class TrainState:
             "epoch": self.epoch,
             "best_top1": self.best_top1,
             "last_metrics": self.last_metrics,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "config": self.config,
+            "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -75,12 +75,33 @@ class TrainState:
         self.epoch = state["epoch"]
         self.best_top1 = state["best_top1"]
         self.last_metrics = state.get("last_metrics", {})
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(state["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop draws from, as tensors and ints (no pickled numpy or Python objects)."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gauss": float(cached_gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    numpy_state = rng["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gauss"]))
+    python_state = rng["python"]
+    random.setstate((python_state["version"], tuple(int(v) for v in python_state["internal"].tolist()),
+                     python_state["gauss_next"]))
 
 
 EpochCallback = Callable[[EpochResult, TrainState], None]
@@ -98,7 +119,15 @@ def build_state(config: Config, device: torch.device, world: World) -> TrainStat
         model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=optim.lr_decay)
-    return TrainState(model, optimizer, scheduler)
+    return TrainState(model, optimizer, scheduler, config=config.to_dict())
+
+
+def check_dataset_fits(dataset: Dataset, config: Config) -> None:
+    if len(dataset.train) < config.optim.batch_size:
+        raise UserError(
+            f"{dataset.name} has {len(dataset.train)} training images, fewer than one batch of "
+            f"{config.optim.batch_size}: raise data.limit_train or lower optim.batch_size"
+        )
 
 
 def fit(
@@ -116,13 +145,10 @@ def fit(
     world = world or World.current(device)
     state = build_state(config, device, world)
     if resume_from is not None:
+        check_resume_fits(resume_from.get("config"), config)
         state.load_state_dict(resume_from)
     dataset = (dataset or load_dataset(config.data)).to(device)
-    if len(dataset.train) < config.optim.batch_size:
-        raise UserError(
-            f"{dataset.name} has {len(dataset.train)} training images, fewer than one batch of "
-            f"{config.optim.batch_size}: raise data.limit_train or lower optim.batch_size"
-        )
+    check_dataset_fits(dataset, config)
     network = world.wrap(state.model)
     probe = dataset.test.images[: config.train.mask_images]
 
