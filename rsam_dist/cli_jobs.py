@@ -1,4 +1,4 @@
-"""Commands for clusters and jobs: submit, status, logs, stop, tensorboard (registered in cli.py).
+"""Commands for cluster jobs: submit, status, logs, stop, tensorboard (cli.py registers them).
 
     ray up cluster/aws-gpu.yaml
     rsam-dist submit train configs/cifar10.yaml --cluster cluster/aws-gpu.yaml --set train.epochs=5
@@ -18,7 +18,6 @@ import click
 
 from rsam_dist.errors import UserError
 
-SET_HELP = "Override a config value, e.g. --set model.glimpses=6 (repeatable)."
 CLUSTER_HELP = "Ray cluster-launcher file of a running cluster (reached through `ray dashboard`)."
 ADDRESS_HELP = "Ray dashboard URL, e.g. http://127.0.0.1:8265."
 
@@ -32,7 +31,9 @@ def cluster_options(function):
 @click.command()
 @click.argument("kind", type=click.Choice(["train", "sweep"]))
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a value of FILE, e.g. --set train.epochs=5 (repeatable); for a sweep also a "
+                   "sweep field (num_samples=4).")
 @cluster_options
 def submit(kind, file, overrides, cluster, address) -> None:
     """Run `rsam-dist KIND FILE` as a Ray job on a running cluster and print its id.
@@ -108,6 +109,3 @@ def tensorboard(source, job_id, cluster, target, port, no_launch) -> None:
         return
     click.echo(f"TensorBoard at http://127.0.0.1:{port}/ (Ctrl-C stops it)")
     launch_tensorboard(collected.logdir, port)
-
-
-COMMANDS = (submit, status, logs, stop, tensorboard)

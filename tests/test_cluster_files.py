@@ -1,31 +1,21 @@
 """Every cluster file passes Ray's own schema and our security/install rules; bad ones fail in one
-line. Also the GPU check and the parts of the job commands that need no cluster."""
+line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from rsam_dist.cli import main
-from rsam_dist.jobs.cluster_file import describe_cluster_file, validate_cluster_file
 from rsam_dist.errors import UserError
-from rsam_dist.gpu_check import check_gpu_supported, min_supported_capability
+from rsam_dist.jobs.cluster_file import describe_cluster_file, has_worker_nodes, validate_cluster_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = sorted((REPO_ROOT / "cluster").glob("*.yaml"))
 EXPECTED = {"aws-g2.yaml", "aws-gpu.yaml", "aws-multi-gpu.yaml", "local.yaml"}
-# torch 2.14's CUDA 13 wheels (what requirements.lock pins)
-CU13_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
-
-
-def cluster_cli() -> click.Group:
-    """The real `rsam-dist` group, with its error handling (one line, exit 2)."""
-    return main
-
 
 # --- the shipped cluster files ---------------------------------------------------------------
 
@@ -87,6 +77,18 @@ def test_describe_warns_about_the_paper_gpu():
 def test_describe_summarises_nodes():
     text = describe_cluster_file(REPO_ROOT / "cluster" / "aws-gpu.yaml")
     assert "rsam-gpu" in text and "g5.xlarge" in text and "spot" in text and "0..4 workers" in text
+
+
+def test_worker_nodes_are_found_in_the_prepared_config(tmp_path):
+    # Worker nodes mean outputs scattered over several disks: `submit` then advises shared storage.
+    for name in ("aws-gpu.yaml", "local.yaml"):
+        assert has_worker_nodes(validate_cluster_file(REPO_ROOT / "cluster" / name)), name
+    head_only = good_config()
+    head_only["max_workers"] = 0
+    head_only["available_node_types"] = {"head": head_only["available_node_types"]["head"]}
+    path = tmp_path / "head-only.yaml"
+    path.write_text(yaml.safe_dump(head_only))
+    assert not has_worker_nodes(validate_cluster_file(path))
 
 
 def test_rsam_dist_validate_accepts_a_cluster_file():
@@ -174,139 +176,3 @@ def test_validate_cli_prints_one_line_and_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "8265" in result.stderr
-
-
-# --- the GPU check -----------------------------------------------------------------------------
-
-
-def test_min_supported_capability_reads_sm_entries_only():
-    assert min_supported_capability(CU13_ARCHS) == (7, 5)
-    assert min_supported_capability(["sm_90a", "sm_100", "compute_50"]) == (9, 0)
-    assert min_supported_capability([]) is None
-
-
-def test_paper_gpu_is_refused_with_a_config_that_works():
-    with pytest.raises(UserError) as caught:
-        check_gpu_supported(capability=(3, 0), arch_list=CU13_ARCHS, name="GRID K520", cuda_available=True)
-    message = str(caught.value)
-    assert "GRID K520" in message and "3.0" in message and "7.5" in message
-    assert "cluster/aws-gpu.yaml" in message and "\n" not in message
-
-
-@pytest.mark.parametrize("name, capability", [("NVIDIA A10G", (8, 6)), ("Tesla T4", (7, 5)),
-                                              ("NVIDIA H100", (9, 0)), ("NVIDIA L4", (8, 9))])
-def test_current_gpus_pass(name, capability):
-    check_gpu_supported(capability=capability, arch_list=CU13_ARCHS, name=name, cuda_available=True)
-
-
-def test_no_cuda_is_fine_unless_a_gpu_was_assigned():
-    check_gpu_supported(cuda_available=False)
-    with pytest.raises(UserError, match="cluster/aws-gpu.yaml"):
-        check_gpu_supported(cuda_available=False, gpu_assigned=True)
-
-
-def test_gpu_check_on_this_machine_does_not_raise_without_a_gpu():
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU; the injected cases above cover the logic")
-    check_gpu_supported()
-
-
-# --- job commands that need no cluster ---------------------------------------------------------
-
-
-@pytest.fixture
-def rsam_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("RSAM_DIST_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RSAM_DIST_REMOTE_RUNS", "/tmp/rsam-test-runs")
-    return tmp_path / "home"
-
-
-def test_unreachable_address_is_one_line(rsam_home):
-    result = CliRunner().invoke(cluster_cli(), [
-        "submit", "train", str(REPO_ROOT / "configs" / "digits.yaml"), "--address", "http://127.0.0.1:9",
-    ])
-    assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1
-    assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in result.stderr
-
-
-def test_unknown_job_without_address_is_one_line(rsam_home):
-    for command in (["status", "nope"], ["logs", "nope"], ["stop", "nope"]):
-        result = CliRunner().invoke(cluster_cli(), command)
-        assert result.exit_code == 2 and "unknown job 'nope'" in result.stderr
-
-
-def test_cluster_that_is_not_up_is_one_line(rsam_home, tmp_path, monkeypatch):
-    # `ray dashboard FILE` (the port-forward) finds no head and exits; we say so in one line.
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where `ray dashboard` keeps its cluster state files
-    config = yaml.safe_load((REPO_ROOT / "cluster" / "local.yaml").read_text())
-    config["cluster_name"] = "rsam-test-not-up"
-    path = tmp_path / "local.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(cluster_cli(), ["status", "some-job", "--cluster", str(path)])
-    assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert "cannot reach the Ray dashboard of" in result.stderr and "not found" in result.stderr
-    assert f"ray up {path}" in result.stderr
-
-
-def test_submit_checks_the_config_before_contacting_anything(rsam_home):
-    result = CliRunner().invoke(cluster_cli(), [
-        "submit", "train", str(REPO_ROOT / "configs" / "digits.yaml"), "--set", "model.glimps=3",
-        "--address", "http://127.0.0.1:9",
-    ])
-    assert result.exit_code == 2 and "unknown key 'model.glimps'" in result.stderr
-
-
-def test_submit_refuses_files_outside_the_project(rsam_home, tmp_path):
-    outside = tmp_path / "c.yaml"
-    outside.write_text("train: {epochs: 1}\n")
-    result = CliRunner().invoke(cluster_cli(), ["submit", "train", str(outside), "--address", "http://x:1"])
-    assert result.exit_code == 2 and "outside the project" in result.stderr
-
-
-def test_job_plan_runs_from_the_job_directory(rsam_home):
-    from rsam_dist.jobs.jobs import plan_job
-
-    plan = plan_job("train", REPO_ROOT / "configs" / "digits.yaml", ["train.epochs=1"], "rsam-train-x")
-    assert plan.file == "configs/digits.yaml"
-    assert plan.remote_dir == "/tmp/rsam-test-runs/rsam-train-x"
-    assert "cd /tmp/rsam-test-runs/rsam-train-x && " in plan.entrypoint
-    assert 'python -m rsam_dist.cli train "$RSAM_PROJECT"/configs/digits.yaml --set train.epochs=1' in plan.entrypoint
-    s3 = plan_job("train", REPO_ROOT / "configs" / "digits.yaml", ["train.storage=s3://b/runs"], "rsam-train-y")
-    assert s3.remote_dir == "s3://b/runs/rsam-train-y" and "train.name=rsam-train-y" in s3.overrides
-
-
-def test_tensorboard_collects_local_event_files(rsam_home, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.utils.tensorboard import SummaryWriter
-
-    for trial in ("trial_a", "trial_b"):
-        writer = SummaryWriter(str(tmp_path / "sweep" / trial / "tensorboard"))
-        writer.add_scalar("test/top1", 0.5, 1)
-        writer.close()
-    (tmp_path / "sweep" / "trial_a" / "checkpoint.pt").write_bytes(b"not copied")
-    out = tmp_path / "collected"
-    result = CliRunner().invoke(cluster_cli(), ["tensorboard", str(tmp_path / "sweep"), "--out", str(out),
-                                                "--no-launch"])
-    assert result.exit_code == 0, result.output
-    assert f"tensorboard --logdir {out} --host 127.0.0.1 --port 6006" in result.stdout
-    files = sorted(out.rglob("events.out.tfevents.*"))
-    assert [f.relative_to(out).parts[0] for f in files] == ["trial_a", "trial_b"]
-    assert not (out / "trial_a" / "checkpoint.pt").exists()
-    accumulator = EventAccumulator(str(files[0]))
-    accumulator.Reload()
-    assert "test/top1" in accumulator.Tags()["scalars"]
-
-
-def test_tensorboard_reads_a_uri(rsam_home, tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(tmp_path / "run" / "tensorboard"))
-    writer.add_scalar("train/loss", 1.0, 1)
-    writer.close()
-    result = CliRunner().invoke(cluster_cli(), ["tensorboard", f"file://{tmp_path / 'run'}",
-                                                "--out", str(tmp_path / "got"), "--no-launch"])
-    assert result.exit_code == 0, result.output
-    assert len(list((tmp_path / "got" / "tensorboard").glob("events.out.tfevents.*"))) == 1

@@ -1,8 +1,10 @@
-"""Ray Jobs against real Ray heads on this machine: submit, status, logs, stop, tensorboard.
+"""The job commands: submit, status, logs, stop, tensorboard --job.
 
-The heads are started with `ray start --head --block` on free loopback ports and their own
---temp-dir, and torn down by killing exactly the processes each fixture started (never `ray stop`,
-which would stop every Ray on the machine).
+First what needs no cluster (the registry, bad input and unreachable clusters in one line), then
+Ray Jobs against real Ray heads on this machine (marked `ray`). The heads are started with
+`ray start --head --block` on free loopback ports and their own --temp-dir, and torn down by
+killing exactly the processes each fixture started (never `ray stop`, which would stop every Ray on
+the machine).
 """
 
 from __future__ import annotations
@@ -20,15 +22,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from rsam_dist.cli import main
-from rsam_dist.jobs.jobs import TERMINAL, free_port, job_client, use_token_auth, wait_for_job
-
-pytestmark = pytest.mark.ray
+from rsam_dist.jobs.dashboard import free_port, job_client, poll, use_token_auth
+from rsam_dist.jobs.jobs import (
+    FINISHED_STATUSES,
+    JobRecord,
+    job_client_for,
+    load_registry,
+    plan_job,
+    save_record,
+    wait_for_status,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -38,6 +46,103 @@ PORT_FLAGS = [
     "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port",
     "ray-client-server-port",
 ]
+
+
+# --- without a cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rsam_home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("RSAM_DIST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RSAM_DIST_REMOTE_RUNS", "/tmp/rsam-test-runs")
+    return tmp_path / "home"
+
+
+def test_unreachable_address_is_one_line(rsam_home):
+    result = CliRunner().invoke(main, [
+        "submit", "train", str(REPO_ROOT / "configs" / "digits.yaml"), "--address", "http://127.0.0.1:9",
+    ])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in result.stderr
+
+
+def test_unknown_job_without_address_is_one_line(rsam_home):
+    for command in (["status", "nope"], ["logs", "nope"], ["stop", "nope"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "unknown job 'nope'" in result.stderr
+
+
+def test_cluster_that_is_not_up_is_one_line(rsam_home, tmp_path, monkeypatch):
+    # `ray dashboard FILE` (the port-forward) finds no head and exits; we say so in one line.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where `ray dashboard` keeps its cluster state files
+    config = yaml.safe_load((REPO_ROOT / "cluster" / "local.yaml").read_text())
+    config["cluster_name"] = "rsam-test-not-up"
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["status", "some-job", "--cluster", str(path)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "cannot reach the Ray dashboard of" in result.stderr and "not found" in result.stderr
+    assert f"ray up {path}" in result.stderr
+
+
+def test_submit_checks_the_config_before_contacting_anything(rsam_home):
+    result = CliRunner().invoke(main, [
+        "submit", "train", str(REPO_ROOT / "configs" / "digits.yaml"), "--set", "model.glimps=3",
+        "--address", "http://127.0.0.1:9",
+    ])
+    assert result.exit_code == 2 and "unknown key 'model.glimps'" in result.stderr
+
+
+def test_submit_refuses_files_outside_the_project(rsam_home, tmp_path):
+    outside = tmp_path / "c.yaml"
+    outside.write_text("train: {epochs: 1}\n")
+    result = CliRunner().invoke(main, ["submit", "train", str(outside), "--address", "http://x:1"])
+    assert result.exit_code == 2 and "outside the project" in result.stderr
+
+
+def test_job_plan_runs_from_the_job_directory(rsam_home):
+    plan = plan_job("train", REPO_ROOT / "configs" / "digits.yaml", ["train.epochs=1"], "rsam-train-x")
+    assert plan.file == "configs/digits.yaml"
+    assert plan.remote_dir == "/tmp/rsam-test-runs/rsam-train-x"
+    assert "cd /tmp/rsam-test-runs/rsam-train-x && " in plan.entrypoint
+    assert 'python -m rsam_dist.cli train "$RSAM_PROJECT"/configs/digits.yaml --set train.epochs=1' in plan.entrypoint
+    s3 = plan_job("train", REPO_ROOT / "configs" / "digits.yaml", ["train.storage=s3://b/runs"], "rsam-train-y")
+    assert s3.remote_dir == "s3://b/runs/rsam-train-y" and "train.name=rsam-train-y" in s3.overrides
+
+
+def test_registry_keeps_jobs_and_ignores_keys_it_does_not_know(rsam_home):
+    first = JobRecord(job_id="rsam-train-a", kind="train", file="configs/digits.yaml",
+                      remote_dir="/tmp/a", address="http://127.0.0.1:8265", submitted="2026-01-01 10:00:00")
+    second = JobRecord(job_id="rsam-sweep-b", kind="sweep", file="sweeps/demo.yaml", remote_dir="/tmp/b",
+                       cluster="/abs/cluster/aws-gpu.yaml", overrides=["train.epochs=1"],
+                       submitted="2026-01-01 09:00:00")
+    save_record(first)
+    save_record(second)
+    assert load_registry() == {"rsam-train-a": first, "rsam-sweep-b": second}
+    document = json.loads((rsam_home / "jobs.json").read_text())
+    document["jobs"]["rsam-train-a"]["written_by_a_newer_version"] = 1
+    (rsam_home / "jobs.json").write_text(json.dumps(document))
+    assert load_registry()["rsam-train-a"] == first
+    listed = run("status").splitlines()  # newest last, and where each one runs
+    assert [line.split()[0] for line in listed] == ["rsam-sweep-b", "rsam-train-a"]
+    assert "on /abs/cluster/aws-gpu.yaml" in listed[0] and "on http://127.0.0.1:8265" in listed[1]
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"jobs": {"x": {"job_id": "x"}}}', "[]"])
+def test_an_unreadable_registry_is_one_line(rsam_home, text):
+    rsam_home.mkdir(parents=True)
+    (rsam_home / "jobs.json").write_text(text)
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "unreadable job registry" in result.stderr and "fix or delete it" in result.stderr
+
+
+def test_poll_returns_the_first_result_that_holds_or_the_last_one():
+    calls = []
+    assert poll(lambda: calls.append(1) or len(calls), lambda n: n == 3, timeout_s=5, interval_s=0) == 3
+    assert len(calls) == 3
+    assert poll(lambda: "RUNNING", lambda s: s in FINISHED_STATUSES, timeout_s=0.05, interval_s=0.01) == "RUNNING"
 
 
 # --- starting and stopping our own Ray heads --------------------------------------------------
@@ -174,13 +279,8 @@ def ray_head(job_env) -> Iterator[Head]:
     stop_head(head)
 
 
-def cli() -> click.Group:
-    """The real `rsam-dist` group, with its error handling (one line, exit 2)."""
-    return main
-
-
 def run(*args: str) -> str:
-    result = CliRunner().invoke(cli(), list(args))
+    result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
     return result.stdout
 
@@ -190,6 +290,11 @@ def submit(url: str, kind: str, file: str, *overrides: str) -> str:
     job_id = run("submit", kind, str(REPO_ROOT / file), "--address", url, *sets).strip()
     assert job_id.startswith(f"rsam-{kind}-")
     return job_id
+
+
+def wait_for(job_id: str, url: str, timeout_s: float, until: frozenset[str] = FINISHED_STATUSES) -> str:
+    with job_client_for(job_id, url, None) as client:
+        return wait_for_status(client, job_id, until, timeout_s)
 
 
 # --- an autoscaled worker (Ray's fake multi-node provider) --------------------------------------
@@ -213,13 +318,14 @@ FAKE_CLUSTER = {
 }
 
 
+@pytest.mark.ray
 def test_job_runs_on_an_autoscaled_worker(job_env):
     # The head has no CPUs, so the Train worker can only run on a node the autoscaler adds.
     fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}  # check for demand every second
     head = start_head("--num-cpus=0", env=fake, autoscaling_yaml=copy.deepcopy(FAKE_CLUSTER))
     try:
         job_id = submit(head.url, "train", "configs/digits.yaml", "train.epochs=1", *TINY)
-        assert wait_for_job(job_id, timeout_s=85, address=head.url) == "SUCCEEDED", run("logs", job_id)
+        assert wait_for(job_id, head.url, timeout_s=85) == "SUCCEEDED", run("logs", job_id)
         assert "epoch   1/1" in run("logs", job_id)
         from ray.util.state import list_nodes
 
@@ -235,11 +341,12 @@ def test_job_runs_on_an_autoscaled_worker(job_env):
 @pytest.fixture(scope="module")
 def train_job(ray_head) -> str:
     job_id = submit(ray_head.url, "train", "configs/digits.yaml", "train.epochs=1", *TINY)
-    status = wait_for_job(job_id, timeout_s=150, address=ray_head.url)
+    status = wait_for(job_id, ray_head.url, timeout_s=150)
     assert status == "SUCCEEDED", run("logs", job_id)
     return job_id
 
 
+@pytest.mark.ray
 def test_train_job_succeeds_and_logs_its_epochs(train_job):
     assert run("status", train_job).split() == [train_job, "SUCCEEDED"]
     logs = run("logs", train_job)
@@ -248,6 +355,7 @@ def test_train_job_succeeds_and_logs_its_epochs(train_job):
     assert train_job in run("status")  # the registry lists it
 
 
+@pytest.mark.ray
 def test_train_job_outputs_land_in_the_job_directory(train_job, job_env):
     job_dir = job_env / "remote-runs" / train_job
     assert len(list(job_dir.glob("runs/*/config.yaml"))) == 1
@@ -256,6 +364,7 @@ def test_train_job_outputs_land_in_the_job_directory(train_job, job_env):
     assert record["file"] == "configs/digits.yaml"
 
 
+@pytest.mark.ray
 def test_tensorboard_collects_the_jobs_event_files(train_job, job_env):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -270,15 +379,17 @@ def test_tensorboard_collects_the_jobs_event_files(train_job, job_env):
     assert [event.step for event in accumulator.Scalars("test/top1")] == [1]
 
 
+@pytest.mark.ray
 def test_stop_stops_a_long_job(ray_head):
     job_id = submit(ray_head.url, "train", "configs/digits.yaml", "train.epochs=100", *TINY)
-    started = wait_for_job(job_id, timeout_s=60, address=ray_head.url, until={"RUNNING", *TERMINAL})
+    started = wait_for(job_id, ray_head.url, timeout_s=60, until=frozenset({"RUNNING", *FINISHED_STATUSES}))
     assert started == "RUNNING"
     time.sleep(3)  # into the Ray Train run
     assert run("stop", job_id).split() == [job_id, "STOPPED"]
     assert run("status", job_id).split()[:2] == [job_id, "STOPPED"]
 
 
+@pytest.mark.ray
 def test_a_failing_job_reports_its_one_line_error(ray_head, job_env):
     # A UserError in the job (here: the run directory is taken) ends it FAILED, and `status` shows
     # rsam-dist's one line rather than Ray's wall of log tail.
@@ -287,18 +398,20 @@ def test_a_failing_job_reports_its_one_line_error(ray_head, job_env):
     (taken / "config.yaml").write_text("{}\n")
     job_id = submit(ray_head.url, "train", "configs/digits.yaml", f"train.storage={taken.parent}",
                     "train.name=taken", *TINY)
-    assert wait_for_job(job_id, timeout_s=60, address=ray_head.url) == "FAILED"
+    assert wait_for(job_id, ray_head.url, timeout_s=60) == "FAILED"
     line = run("status", job_id)
     assert line.startswith(f"{job_id}  FAILED  (rsam-dist: error: {taken} already holds a run")
     assert line.count("\n") == 1
 
 
+@pytest.mark.ray
 def test_unknown_job_on_a_live_cluster_is_one_line(ray_head):
-    result = CliRunner().invoke(cli(), ["status", "rsam-train-nope", "--address", ray_head.url])
+    result = CliRunner().invoke(main, ["status", "rsam-train-nope", "--address", ray_head.url])
     assert result.exit_code == 2 and result.stderr.strip() == (
         "rsam-dist: error: job rsam-train-nope does not exist on that cluster")
 
 
+@pytest.mark.ray
 def test_sweep_job(ray_head, job_env):
     try:
         import rsam_dist.sweep  # noqa: F401
@@ -309,7 +422,7 @@ def test_sweep_job(ray_head, job_env):
     # The demo sweep cut to 2 one-epoch trials on a slice of digits.
     job_id = submit(ray_head.url, "sweep", "sweeps/demo.yaml", "search={model.glimpses: {grid: [1, 2]}}",
                     "train.epochs=1", *TINY)
-    status = wait_for_job(job_id, timeout_s=180, address=ray_head.url)
+    status = wait_for(job_id, ray_head.url, timeout_s=180)
     logs = run("logs", job_id)
     assert status == "SUCCEEDED", logs
     assert "2 trials" in logs

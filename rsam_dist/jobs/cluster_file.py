@@ -19,15 +19,13 @@ Every failure is a one-line UserError naming the file and the fix.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from rsam_dist.config import read_yaml
 from rsam_dist.errors import UserError
+from rsam_dist.jobs.dashboard import one_line, quiet_ray_logs
 
 WORLD_CIDRS = {"0.0.0.0/0", "::/0"}
 SSH_PORT = 22
@@ -74,6 +72,14 @@ def describe_cluster_file(path: str | Path) -> str:
     return "\n".join(lines)
 
 
+def has_worker_nodes(config: dict[str, Any]) -> bool:
+    """Whether a prepared cluster config can add nodes besides the head."""
+    head = config.get("head_node_type")
+    return any(name != head and node.get("max_workers", 0) > 0
+               for name, node in config.get("available_node_types", {}).items()) or (
+        config["provider"]["type"] == "local" and config.get("max_workers", 0) > 0)
+
+
 def _describe_node_types(config: dict[str, Any]) -> list[str]:
     lines = []
     for name, node_type in config["available_node_types"].items():
@@ -110,32 +116,20 @@ def _ray_prepare_and_validate(path: str | Path, raw: dict[str, Any]) -> dict[str
         _check_local_provider(path, raw)
     try:
         # prepare_config prints Ray's own notes (cli_logger, logging); a UserError below says it in one line.
-        with _quiet_ray():
+        with quiet_ray_logs(swallow_output=True):
             prepared = prepare_config(raw)
             validate_config(prepared)
     except jsonschema.ValidationError as err:
         where = ".".join(str(part) for part in err.absolute_path) or "top level"
-        raise UserError(f"{path}: Ray's cluster schema: {_one_line(err.message)} (at {where}); "
+        raise UserError(f"{path}: Ray's cluster schema: {one_line(err.message)} (at {where}); "
                         "fix or remove that key") from None
     except NotImplementedError as err:
-        raise UserError(f"{path}: unsupported provider.type {provider['type']!r}: {_one_line(err)}") from None
+        raise UserError(f"{path}: unsupported provider.type {provider['type']!r}: {one_line(err)}") from None
     except click.ClickException as err:
-        raise UserError(f"{path}: {_one_line(err.message)}") from None
+        raise UserError(f"{path}: {one_line(err.message)}") from None
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path}: Ray's cluster checks: {_one_line(err)}") from None
+        raise UserError(f"{path}: Ray's cluster checks: {one_line(err)}") from None
     return prepared
-
-
-@contextlib.contextmanager
-def _quiet_ray():
-    autoscaler_logger = logging.getLogger("ray.autoscaler")
-    level = autoscaler_logger.level
-    autoscaler_logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        autoscaler_logger.setLevel(level)
 
 
 def _check_local_provider(path: str | Path, raw: dict[str, Any]) -> None:
@@ -148,11 +142,6 @@ def _check_local_provider(path: str | Path, raw: dict[str, Any]) -> None:
     if "coordinator_address" not in provider and not ("head_ip" in provider and "worker_ips" in provider):
         raise UserError(f"{path}: provider type local needs provider.head_ip and provider.worker_ips "
                         "(or provider.coordinator_address)")
-
-
-def _one_line(message: Any) -> str:
-    text = " ".join(str(message).split())
-    return text if len(text) <= 240 else text[:237] + "..."
 
 
 # --- our rules ---------------------------------------------------------------------------------

@@ -20,12 +20,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rsam_dist.errors import UserError
+from rsam_dist.jobs.dashboard import last_error_line, normalise_address, one_line, ray_executable
+from rsam_dist.jobs.jobs import find_record, registry_path, rsam_home
+from rsam_dist.runs import is_uri
 
 EVENT_PREFIX = "events.out.tfevents."
 DEFAULT_PORT = 6006
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass
@@ -37,13 +41,7 @@ class Collected:
         return f"tensorboard --logdir {self.logdir} --host 127.0.0.1 --port {port}"
 
 
-def is_uri(source: str) -> bool:
-    return "://" in source
-
-
 def default_target(name: str) -> Path:
-    from rsam_dist.jobs.jobs import rsam_home
-
     return rsam_home() / "tensorboard" / (name.rstrip("/").rsplit("/", 1)[-1] or "run")
 
 
@@ -90,7 +88,7 @@ def _collect_from_uri(uri: str, target: Path) -> list[Path]:
         filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
         infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     except (OSError, ValueError) as err:
-        raise UserError(f"{uri}: cannot list it ({' '.join(str(err).split())[:160]})") from None
+        raise UserError(f"{uri}: cannot list it ({one_line(err, 160)})") from None
     copied = []
     for info in infos:
         if info.type != pyarrow.fs.FileType.File or not info.base_name.startswith(EVENT_PREFIX):
@@ -104,8 +102,6 @@ def _collect_from_uri(uri: str, target: Path) -> list[Path]:
 
 
 def _collect_from_head(cluster: str, remote_dir: str, target: Path) -> list[Path]:
-    from rsam_dist.jobs.jobs import last_error_line, ray_executable
-
     if not Path(cluster).is_file():
         raise UserError(f"{cluster}: no such cluster file")
     with tempfile.TemporaryDirectory(prefix="rsam-rsync-") as staging:
@@ -122,8 +118,6 @@ def _collect_from_head(cluster: str, remote_dir: str, target: Path) -> list[Path
 
 def collect_for_job(job_id: str, target: str | Path | None = None, cluster: str | None = None) -> Collected:
     """The event files of a job that `rsam-dist submit` recorded."""
-    from rsam_dist.jobs.jobs import find_record, registry_path
-
     record = find_record(job_id)
     if record is None:
         raise UserError(f"unknown job {job_id!r}: not in {registry_path()}; pass the run directory instead")
@@ -133,17 +127,11 @@ def collect_for_job(job_id: str, target: str | Path | None = None, cluster: str 
         return collect_event_files(record.remote_dir, target)
     if cluster:
         return collect_event_files(record.remote_dir, target, cluster=cluster)
-    if record.address and _host(record.address) in LOOPBACK_HOSTS:  # the head is this machine
+    if record.address and urlsplit(normalise_address(record.address)).hostname in LOOPBACK_HOSTS:
+        # The head is this machine: its disk is ours.
         return collect_event_files(str(Path(record.remote_dir).expanduser()), target)
     raise UserError(f"job {job_id} ran at {record.address}, whose disk this machine cannot read: "
                     f"pass --cluster FILE (for `ray rsync-down`) or copy {record.remote_dir} here")
-
-
-def _host(address: str) -> str:
-    rest = address.split("://", 1)[-1].split("/", 1)[0]
-    if rest.startswith("["):
-        return rest.split("]", 1)[0] + "]"
-    return rest.rsplit(":", 1)[0] if ":" in rest else rest
 
 
 def launch_tensorboard(logdir: str | Path, port: int = DEFAULT_PORT) -> int:
