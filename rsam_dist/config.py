@@ -18,6 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rsam_dist.errors import UserError
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._=-]*$"
+"""Run and sweep names: one path component, never `.`/`..`, nothing a shell or URI treats specially."""
+SHOWN_VALUE_CHARS = 100
+"""Error messages quote at most this much of a value (a YAML alias bomb expands to megabytes)."""
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut to SHOWN_VALUE_CHARS characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 3] + "..."
+
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, field docstrings are the docs."""
@@ -80,8 +91,8 @@ class TrainConfig(Section):
     """auto picks the GPU that Ray (or CUDA) gives the worker, else the CPU."""
     storage: str = "runs"
     """Where run directories go: a local directory or a URI Ray's storage understands (s3://...)."""
-    name: str | None = None
-    """Run directory name under `storage`; a timestamped one when unset."""
+    name: str | None = Field(None, pattern=NAME_PATTERN, max_length=128)
+    """Run directory name under `storage` (letters, digits, . _ = -; no path); timestamped when unset."""
     keep_checkpoints: int = Field(2, ge=1)
     """Keep the last K epoch checkpoints (and, separately, the best one)."""
     max_failures: int = Field(2, ge=-1)
@@ -140,9 +151,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from a file, or a UserError naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8): give a YAML file") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -159,7 +174,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """`section.key=value` -> (('section', 'key'), value), the value read as a YAML scalar."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set model.glimpses=6")
+        raise UserError(f"--set {shown(text)}: expected section.key=value, e.g. --set model.glimpses=6")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
@@ -208,7 +223,7 @@ def describe_validation_error(model: type[BaseModel], err: ValidationError) -> s
     """One line for the first error: the dotted key, what was wrong, what is allowed."""
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
-    key = ".".join(loc) or "(top level)"
+    key = (".".join(loc) or "(top level)")[:SHOWN_VALUE_CHARS]
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         return f"unknown key '{key}' (allowed here: {', '.join(allowed)})"
@@ -217,8 +232,8 @@ def describe_validation_error(model: type[BaseModel], err: ValidationError) -> s
         message = message.removeprefix("Value error, ")
         return message if not loc else f"{key}: {message}"
     got = first.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{key}: {message}{shown}"
+    quoted = "" if isinstance(got, dict) else f" (got {shown(got)})"
+    return f"{key}: {message}{quoted}"
 
 
 def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ from rsam_dist.errors import UserError
 from rsam_dist.recorder import EpochRecorder
 from rsam_dist.run_start import hold_lock
 from rsam_dist.runs import RunDir, latest_local_state, save_local_checkpoint, save_run_config
-from rsam_dist.training import EpochResult, TrainState, check_dataset_fits, fit
+from rsam_dist.training import EpochResult, TrainState, check_dataset_fits, fit, model_shapes
 
 
 def train_local(run: RunDir, config: Config, resume: bool = False) -> dict[str, float]:
@@ -19,7 +19,7 @@ def train_local(run: RunDir, config: Config, resume: bool = False) -> dict[str, 
     if directory is None:
         raise UserError("--local runs need a local train.storage directory; drop --local to use Ray storage")
     with hold_lock(directory):
-        start = latest_local_state(directory) if resume else None
+        start = latest_local_state(directory, model_shapes(config)) if resume else None
         if resume and start is None:
             print(f"no checkpoint in {directory} yet: starting from epoch 1", flush=True)
         dataset = load_dataset(config.data)

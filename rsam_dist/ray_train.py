@@ -20,7 +20,16 @@ from rsam_dist.config import Config
 from rsam_dist.data import load_dataset
 from rsam_dist.errors import UserError
 from rsam_dist.run_start import hold_lock
-from rsam_dist.runs import STATE_FILE, BadCheckpoint, RunDir, load_state, newest_valid_state, save_run_config
+from rsam_dist.runs import (
+    STATE_FILE,
+    BadCheckpoint,
+    RunDir,
+    check_state_shapes,
+    load_state,
+    newest_valid_state,
+    save_run_config,
+    warn_skipped,
+)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -35,7 +44,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from rsam_dist.distributed import World, pick_device
     from rsam_dist.gpu_check import check_gpu_supported
     from rsam_dist.recorder import EpochRecorder
-    from rsam_dist.training import EpochResult, TrainState, fit
+    from rsam_dist.training import EpochResult, TrainState, fit, model_shapes
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     config = Config.model_validate(loop_config["config"])
@@ -47,7 +56,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a replaced worker group, or a resumed run
-        start = load_checkpoint_or_older(checkpoint, run)
+        start = load_checkpoint_or_older(checkpoint, run, model_shapes(config))
         if world.is_main:
             print(f"resuming from the checkpoint of epoch {start['epoch'] + 1}", flush=True)
     recorder = None
@@ -74,7 +83,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         recorder.finish(state)
 
 
-def load_checkpoint_or_older(checkpoint, run: RunDir) -> dict[str, Any]:
+def load_checkpoint_or_older(checkpoint, run: RunDir, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """The state in Ray's latest checkpoint or, when that file is bad, in the newest good older one.
 
     Ray Train hands back only its latest committed checkpoint; its older siblings sit in the same
@@ -82,14 +91,16 @@ def load_checkpoint_or_older(checkpoint, run: RunDir) -> dict[str, Any]:
     """
     with checkpoint.as_directory() as directory:
         try:
-            return load_state(Path(directory) / STATE_FILE)
+            state = load_state(Path(directory) / STATE_FILE)
+            check_state_shapes(state, shapes, Path(checkpoint.path) / STATE_FILE)
+            return state
         except BadCheckpoint as err:
-            print(f"rsam-dist: warning: skipping {err}; trying an older checkpoint", flush=True)
+            warn_skipped(err)
     local = run.local
     if local is None:  # URI storage: no listing here; a bad newest checkpoint ends the run
         raise UserError(f"{run}: the newest checkpoint is unreadable; start a new run with another train.name")
     older = sorted(p / STATE_FILE for p in local.glob("checkpoint_*") if Path(checkpoint.path).name != p.name)
-    state = newest_valid_state([p for p in older if p.is_file()], run)
+    state = newest_valid_state([p for p in older if p.is_file()], run, shapes)
     if state is None:
         raise UserError(f"{run}: no usable checkpoint; start a new run with another train.name")
     return state

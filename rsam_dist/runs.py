@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -272,21 +273,40 @@ def local_checkpoints(directory: Path) -> list[Path]:
     return sorted((p for p in found if _checkpoint_epoch(p) >= 0), key=_checkpoint_epoch)
 
 
-def newest_valid_state(candidates: list[Path], run: RunDir | str) -> dict[str, Any] | None:
-    """The newest loadable state of `candidates` (oldest first); each bad one is named in one line.
+def check_state_shapes(state: dict[str, Any], shapes: dict[str, tuple[int, ...]], source: str | Path) -> None:
+    """BadCheckpoint unless the state's model holds exactly the tensors (names, shapes) `shapes` lists."""
+    model = state.get("model")
+    saved = {name: tuple(value.shape) for name, value in model.items()} if isinstance(model, dict) else {}
+    if saved != shapes:
+        different = sorted(set(saved) ^ set(shapes)) or [n for n in shapes if saved.get(n) != shapes[n]]
+        raise BadCheckpoint(f"{source}: its model does not fit this config (differs at {different[0]})")
 
-    Raises a UserError when there were checkpoints but none of them is usable.
+
+def warn_skipped(err: Exception) -> None:
+    print(f"rsam-dist: warning: skipping {err}; trying an older checkpoint", file=sys.stderr, flush=True)
+
+
+def newest_valid_state(
+    candidates: list[Path], run: RunDir | str, shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, Any] | None:
+    """The newest usable state of `candidates` (oldest first); each bad one is named in one line.
+
+    `shapes` (the model's tensor shapes) also rejects a checkpoint of another model. Raises a
+    UserError when there were checkpoints but none of them is usable.
     """
     for path in reversed(candidates):
         try:
-            return load_state(path)
+            state = load_state(path)
+            if shapes is not None:
+                check_state_shapes(state, shapes, path)
+            return state
         except BadCheckpoint as err:
-            print(f"rsam-dist: warning: skipping {err}; trying an older checkpoint", flush=True)
+            warn_skipped(err)
     if candidates:
         raise UserError(f"{run}: no usable checkpoint ({len(candidates)} found, all unreadable); "
                         "start a new run with another train.name")
     return None
 
 
-def latest_local_state(directory: Path) -> dict[str, Any] | None:
-    return newest_valid_state([p / STATE_FILE for p in local_checkpoints(directory)], str(directory))
+def latest_local_state(directory: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any] | None:
+    return newest_valid_state([p / STATE_FILE for p in local_checkpoints(directory)], str(directory), shapes)

@@ -122,6 +122,13 @@ def build_state(config: Config, device: torch.device, world: World) -> TrainStat
     return TrainState(model, optimizer, scheduler, config=config.to_dict())
 
 
+def model_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the state dict of `config`'s model (to check checkpoints)."""
+    with torch.device("meta"):  # no memory, no initialisation
+        model = RSAM(config.model)
+    return {name: tuple(value.shape) for name, value in model.state_dict().items()}
+
+
 def check_dataset_fits(dataset: Dataset, config: Config) -> None:
     if len(dataset.train) < config.optim.batch_size:
         raise UserError(
