@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from faults import ALL_CASES, Case, Env
+
 from rsam_dist.cli import main
 
 _SCRIPT = Path(sys.executable).with_name("rsam-dist")
@@ -70,7 +70,8 @@ def test_fault(case: Case, tmp_path: Path, repo_root: Path, finished_run: Path) 
     before = snapshot(tmp_path)
     code, stdout, stderr, seconds = run_case(case, env)
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert code == case.exit_code, f"exit {code}, wanted {case.exit_code}\nstdout: {stdout[-2000:]}\nstderr: {stderr[-2000:]}"
+    assert code == case.exit_code, (
+        f"exit {code}, wanted {case.exit_code}\nstdout: {stdout[-2000:]}\nstderr: {stderr[-2000:]}")
     assert "Traceback" not in stderr, stderr[-3000:]
     assert len(lines) <= 3, f"{len(lines)} lines on stderr:\n{stderr[-3000:]}"
     for words in case.words:
