@@ -19,6 +19,8 @@ import click
 from rsam_dist.errors import UserError
 
 SET_HELP = "Override a config value, e.g. --set model.glimpses=6 (repeatable)."
+SMOKE_HELP = ("A quick end-to-end check: the debug-size model, a few hundred images, 1 epoch "
+              "(your --set still wins).")
 
 
 class RsamGroup(click.Group):
@@ -57,10 +59,16 @@ def main() -> None:
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to use (default: start a local one).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in this directory to its planned epochs.")
-def train(config_file, overrides, local, address, resume_dir) -> None:
+@click.option("--smoke-test", is_flag=True, help=SMOKE_HELP)
+def train(config_file, overrides, local, address, resume_dir, smoke_test) -> None:
     """Train RSAM from CONFIG_FILE (YAML), by default as a Ray Train job."""
+    from rsam_dist.config import SMOKE_TEST
     from rsam_dist.run_start import plan_new_run, plan_resume
 
+    if smoke_test:
+        if resume_dir:
+            raise UserError("--smoke-test starts a new run: drop --resume")
+        overrides = (*SMOKE_TEST, *overrides)
     if resume_dir:
         run, config = plan_resume(resume_dir, overrides, config_file)
     else:
@@ -84,8 +92,15 @@ def train(config_file, overrides, local, address, resume_dir) -> None:
               help="Override a sweep field (num_samples=4) or a base config value (train.epochs=1).")
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to use (default: start a local one).")
 @click.option("--resume", is_flag=True, help="Continue the sweep: finished trials are kept, the rest run.")
-def sweep(sweep_file, overrides, address, resume) -> None:
+@click.option("--smoke-test", is_flag=True, help=SMOKE_HELP)
+def sweep(sweep_file, overrides, address, resume, smoke_test) -> None:
     """Run the trials of SWEEP_FILE (YAML) on Ray Tune; --resume continues an interrupted one."""
+    from rsam_dist.config import SMOKE_TEST
+
+    if smoke_test:
+        if resume:
+            raise UserError("--smoke-test starts a new sweep: drop --resume")
+        overrides = (*SMOKE_TEST, "num_samples=1", *overrides)
     from rsam_dist.sweep import load_sweep_for_cli, load_sweep_results, run_sweep, summary_text
 
     directory = run_sweep(load_sweep_for_cli(sweep_file, overrides, resume), address=address, resume=resume)

@@ -24,6 +24,13 @@ SHOWN_VALUE_CHARS = 100
 """Error messages quote at most this much of a value (a YAML alias bomb expands to megabytes)."""
 
 
+DEBUG_MODEL = ("model.hidden_size=64", "model.glimpses=2")
+"""The debug-size model: the paper's architecture at a quarter of the width, two glimpses."""
+SMOKE_TEST = (*DEBUG_MODEL, "data.limit_train=256", "data.limit_test=128", "train.epochs=1",
+              "train.mask_images=2")
+"""`--smoke-test`: the debug model on a few hundred images for one epoch (seconds on a laptop)."""
+
+
 def shown(value: Any) -> str:
     """`repr(value)`, cut to SHOWN_VALUE_CHARS characters."""
     text = repr(value)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rsam_dist.config import DEBUG_MODEL
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,8 +26,6 @@ def normalised_images() -> torch.Tensor:
     return (pixels.float() / 255.0 - 0.5) / 0.5
 
 
-DEBUG_MODEL = ("model.hidden_size=64", "model.glimpses=2")
-"""The debug-size model: the same architecture at a quarter of the width and half the glimpses."""
 
 
 @pytest.fixture(scope="session")
