@@ -17,6 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 test: venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
 # The demo sweep (glimpses x feedback on digits, offline) on a local Ray, then its report.
