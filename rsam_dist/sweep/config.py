@@ -41,7 +41,7 @@ class Distribution(Section):
     """Exactly one of these: how one config key is chosen per trial."""
 
     grid: list[Any] | None = None
-    """Every value, in every combination with the other grid keys (ablation arms, glimpse counts)."""
+    """Every value, in every combination with the other grid keys (an ablation, glimpse counts)."""
     choice: list[Any] | None = None
     """One value at random (or by TPE) per trial."""
     uniform: tuple[float, float] | None = None
@@ -60,8 +60,7 @@ class Distribution(Section):
                 raise ValueError(f"{name}: low must be below high (got {list(bounds)})")
         if self.loguniform is not None and self.loguniform[0] <= 0:
             raise ValueError("loguniform: bounds must be positive")
-        values = self.grid if self.grid is not None else self.choice
-        if values is not None and not values:
+        if self.listed is not None and not self.listed:
             raise ValueError("needs at least one value")
         return self
 
@@ -69,9 +68,19 @@ class Distribution(Section):
     def kind(self) -> str:
         return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
+    @property
+    def discrete(self) -> bool:
+        """Its values are listed (grid, choice), rather than drawn from a range."""
+        return self.kind in ("grid", "choice")
+
+    @property
+    def listed(self) -> list[Any] | None:
+        """The values of a grid or choice, in the sweep file's order; None for a range."""
+        return self.grid if self.grid is not None else self.choice
+
     def sample_value(self) -> Any:
         """A value of this distribution, used to check that the key accepts its type."""
-        values = self.grid or self.choice
+        values = self.listed
         if values is not None:
             return values[0]
         low, _ = self.uniform or self.loguniform or self.int
@@ -130,7 +139,7 @@ class SweepConfig(Section):
     @model_validator(mode="after")
     def _check_algorithm(self) -> SweepConfig:
         if self.algorithm == "grid":
-            loose = [key for key, dist in self.search.items() if dist.kind not in ("grid", "choice")]
+            loose = [key for key, dist in self.search.items() if not dist.discrete]
             if loose:
                 raise ValueError(
                     f"algorithm grid takes only grid/choice values, but {', '.join(loose)} "
@@ -142,13 +151,14 @@ class SweepConfig(Section):
 
     @property
     def grid_keys(self) -> list[str]:
+        """The keys whose every value is enumerated: grid keys, and choice keys of a grid sweep."""
         kinds = ("grid", "choice") if self.algorithm == "grid" else ("grid",)
         return [key for key, dist in self.search.items() if dist.kind in kinds]
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid keys' values and the seeds."""
         keys = [*self.grid_keys, "train.seed"]
-        values = [self.search[key].grid or self.search[key].choice for key in self.grid_keys] + [self.seeds]
+        values = [self.search[key].listed for key in self.grid_keys] + [self.seeds]
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
@@ -226,14 +236,14 @@ def _most_glimpses(spec: SweepConfig, base: Config) -> int:
     searched = spec.search.get("model.glimpses")
     if searched is None:
         return base.model.glimpses
-    values = searched.grid or searched.choice or [searched.int[1] if searched.int else base.model.glimpses]
+    values = searched.listed or [searched.int[1] if searched.int else base.model.glimpses]
     return max(int(value) for value in values)
 
 
 def describe_sweep(sweep: ResolvedSweep) -> str:
     spec = sweep.spec
     points = len(spec.grid_points())
-    trials = points * spec.num_samples  # optuna: num_samples per grid point (arm)
+    trials = points * spec.num_samples  # optuna: num_samples per grid point (a Tune experiment each)
     lines = [
         sweep.to_yaml().rstrip(),
         f"# {trials} trials ({points} grid points x {spec.num_samples} samples), algorithm {spec.algorithm}, "

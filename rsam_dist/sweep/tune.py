@@ -2,37 +2,28 @@
 
 Each Tune trial is a small driver function that builds and fits a `TorchTrainer` (Tune cannot
 wrap a trainer itself any more). Drivers ask for a custom `train_driver` resource and no CPU, so
-they never hold the CPUs their own Train workers need. Layout of the sweep directory:
+they never hold the CPUs their own Train workers need. What the sweep directory holds is in
+`rsam_dist.sweep.results`, which writes it; Tune adds its experiment state (resume) and
+per-trial TensorBoard logs under `tune*/`.
 
-    <storage>/<name>/
-        sweep.yaml            the resolved sweep (what `report` and `--resume` read)
-        tune*/                Tune's experiment state (resume) and per-trial TensorBoard logs
-        trials/<trial_id>/    each trial's Train run: config.yaml, checkpoints, tensorboard/
-        results.csv           one row per trial: params, status, epochs, final and best metrics
-        history.csv           one row per trial and epoch
-        best_config.yaml      the best trial's config, ready for `rsam-dist train`
+With optuna and grid keys together (OptunaSearch refuses grid_search), each grid point gets its
+own Tune experiment and TPE study, `tune-point<k>/`.
 
-With optuna and grid keys together (OptunaSearch refuses grid_search), each grid point ("arm")
-gets its own Tune experiment and TPE study, `tune-arm<k>/`.
+    rsam-dist sweep sweeps/demo.yaml            # run it; prints the results summary
+    rsam-dist sweep runs/demo --resume          # finish an interrupted one
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
 
 from rsam_dist.errors import UserError
-from rsam_dist.metrics import is_history_metric
 from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
+from rsam_dist.runs import save_run_config, with_run_dir
 from rsam_dist.sweep.config import Distribution, ResolvedSweep, SweepConfig, load_sweep
-
-SWEEP_FILE = "sweep.yaml"
-RESULTS_FILE = "results.csv"
-HISTORY_FILE = "history.csv"
-BEST_CONFIG_FILE = "best_config.yaml"
-
+from rsam_dist.sweep.results import SWEEP_FILE, collect_results, trial_run, write_results, write_sweep_file
 
 # --- the trial: a driver that fits one TorchTrainer ---------------------------------------------
 
@@ -43,11 +34,9 @@ def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rsam_dist.ray_train import build_trainer, fit_trainer
-    from rsam_dist.runs import RunDir, save_run_config, with_run_dir
 
     sweep = load_sweep(Path(sweep_dir) / SWEEP_FILE)
-    # A stable name: a restored trial resumes its own checkpoint.
-    run = RunDir(str(Path(sweep_dir) / "trials"), tune.get_context().get_trial_id())
+    run = trial_run(sweep_dir, tune.get_context().get_trial_id())
     config = with_run_dir(sweep.trial_config(params), run)
     save_run_config(run, config)
     fit_trainer(build_trainer(config, run, callbacks=[TuneReportCallback()], quiet=True))
@@ -72,41 +61,43 @@ def tune_domain(distribution: Distribution):
     return tune.randint(low, high + 1)  # randint's upper bound is exclusive
 
 
-def arms(spec: SweepConfig) -> list[dict[str, Any]]:
-    """Fixed values per Tune experiment: one experiment, unless optuna meets grid keys or seeds."""
+def experiment_points(spec: SweepConfig) -> list[dict[str, Any]]:
+    """The values each Tune experiment fixes: one experiment fixing nothing, unless optuna meets
+    grid keys or several seeds (OptunaSearch refuses grid_search), then one per grid point."""
     if spec.algorithm != "optuna" or (not spec.grid_keys and len(spec.seeds) == 1):
         return [{}]
     return spec.grid_points()
 
 
-def param_space(spec: SweepConfig, arm: dict[str, Any]) -> dict[str, Any]:
+def param_space(spec: SweepConfig, fixed: dict[str, Any]) -> dict[str, Any]:
+    """Tune's param_space: the `fixed` values of this experiment, a Tune domain for every other key."""
     from ray import tune
 
     space: dict[str, Any] = {}
     for key, distribution in spec.search.items():
-        space[key] = arm[key] if key in arm else tune_domain(distribution)
-    if "train.seed" in arm:
-        space["train.seed"] = arm["train.seed"]
+        space[key] = fixed[key] if key in fixed else tune_domain(distribution)
+    if "train.seed" in fixed:
+        space["train.seed"] = fixed["train.seed"]
     elif len(spec.seeds) == 1:
         space["train.seed"] = spec.seeds[0]
     else:
         space["train.seed"] = tune.grid_search(list(spec.seeds))
     if spec.algorithm == "grid":  # a grid's "choice" keys are enumerated too
         for key, distribution in spec.search.items():
-            if distribution.kind == "choice" and key not in arm:
+            if distribution.kind == "choice" and key not in fixed:
                 space[key] = tune.grid_search(list(distribution.choice))
     return space
 
 
 def planned_trials(spec: SweepConfig) -> int:
-    """Trials of one Tune experiment (an arm, where optuna meets grid keys)."""
+    """Trials of one Tune experiment (of one grid point, where optuna meets grid keys)."""
     if spec.algorithm == "optuna":
         return spec.num_samples
     return len(spec.grid_points()) * spec.num_samples
 
 
 def experiment_name(index: int, count: int) -> str:
-    return "tune" if count == 1 else f"tune-arm{index}"
+    return "tune" if count == 1 else f"tune-point{index}"
 
 
 def default_concurrency(spec: SweepConfig) -> int:
@@ -121,7 +112,8 @@ def default_concurrency(spec: SweepConfig) -> int:
     return max(1, int(fits))
 
 
-def build_tuner(sweep: ResolvedSweep, arm: dict[str, Any], name: str, restore: bool):
+def build_tuner(sweep: ResolvedSweep, fixed: dict[str, Any], name: str, restore: bool):
+    """The Tuner of one experiment `name` (fixing the values `fixed`), or the stored one to resume."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -147,10 +139,10 @@ def build_tuner(sweep: ResolvedSweep, arm: dict[str, Any], name: str, restore: b
     if spec.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=arm.get("train.seed", spec.seeds[0]))
+        search_alg = OptunaSearch(seed=fixed.get("train.seed", spec.seeds[0]))
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec, arm),
+        param_space=param_space(spec, fixed),
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
@@ -162,13 +154,14 @@ def build_tuner(sweep: ResolvedSweep, arm: dict[str, Any], name: str, restore: b
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(sweep.directory),
-            verbose=0,  # ProgressPrinter below says what matters, a line per epoch and trial
-            callbacks=[ProgressPrinter(sweep)],
+            verbose=0,  # progress_printer below says what matters, a line per epoch and trial
+            callbacks=[progress_printer(sweep)],
         ),
     )
 
 
-def ProgressPrinter(sweep: ResolvedSweep):  # noqa: N802 - a factory for a class that needs ray
+def progress_printer(sweep: ResolvedSweep):
+    """A Tune callback that prints a line per trial epoch, finish and failure (the class needs ray)."""
     from ray.tune import Callback
 
     epochs = sweep.base.train.epochs
@@ -200,7 +193,7 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-# --- running, resuming, and writing the results ------------------------------------------------
+# --- running and resuming ---------------------------------------------------------------------
 
 
 def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = False) -> Path:
@@ -225,25 +218,24 @@ def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = F
         _require_trial_driver_slots()
         if not resume:
             sweep = sweep.for_cluster(ray.cluster_resources().get("GPU", 0))
-            directory.mkdir(parents=True, exist_ok=True)
-            sweep_file.write_text(sweep.to_yaml())
-        experiments = arms(sweep.spec)
-        for index, arm in enumerate(experiments):
+            write_sweep_file(sweep)
+        experiments = experiment_points(sweep.spec)
+        for index, fixed in enumerate(experiments):
             name = experiment_name(index, len(experiments))
             if len(experiments) > 1:
-                print(f"arm {index + 1}/{len(experiments)}: {arm}", flush=True)
-            results = build_tuner(sweep, arm, name, restore=resume).fit()
+                print(f"grid point {index + 1}/{len(experiments)}: {fixed}", flush=True)
+            results = build_tuner(sweep, fixed, name, restore=resume).fit()
             # Tune returns normally on Ctrl-C, with trials still pending or never created.
             if results.num_terminated + results.num_errors < planned_trials(sweep.spec):
                 interrupted = True
                 break
-    rows, history = collect_results(sweep)
-    write_results(sweep, rows, history)
+    trials = collect_results(sweep)
+    write_results(sweep, trials)
     if interrupted:
         raise KeyboardInterrupt
-    failed = [row["trial_id"] for row in rows if row["status"] == "error"]
+    failed = [trial.trial_id for trial in trials if trial.status == "error"]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(rows)} trials failed ({', '.join(failed)}); see {directory}")
+        raise RuntimeError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed)}); see {directory}")
     return directory
 
 
@@ -257,91 +249,6 @@ def _require_trial_driver_slots() -> None:
         )
 
 
-def collect_results(sweep: ResolvedSweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows for results.csv and history.csv.
-
-    Tune's experiment state says which trials exist, their parameters and whether they failed;
-    the epochs come from each trial's own run directory (metrics.jsonl), which stays right when
-    Tune restores a trial that was interrupted mid-way or just as it finished.
-    """
-    from ray.tune import ExperimentAnalysis
-
-    from rsam_dist.runs import read_metrics
-
-    rows, history = [], []
-    planned = sweep.base.train.epochs
-    keys = [*sweep.spec.search, "train.seed"]
-    for experiment in sorted(sweep.directory.glob("tune*")):
-        if not experiment.is_dir():
-            continue
-        try:
-            analysis = ExperimentAnalysis(str(experiment))
-        except Exception:  # noqa: BLE001 - an experiment interrupted before its first save
-            continue
-        for trial in analysis.trials:
-            run_dir = sweep.directory / "trials" / trial.trial_id
-            epochs = read_metrics(run_dir)
-            last = epochs[-1] if epochs else {}
-            epochs_run = int(last.get("epoch", 0))
-            if trial.status == "ERROR":
-                status = "error"
-            elif epochs_run >= planned:
-                status = "completed"
-            elif trial.status == "TERMINATED":
-                status = "stopped_early"
-            else:
-                status = "pending"
-            row = {"trial_id": trial.trial_id, "status": status, "epochs_run": epochs_run, "epochs_planned": planned}
-            row.update({key: trial.config.get(key) for key in keys})
-            row.update({f"final_{name}": value for name, value in last.items() if is_history_metric(name)})
-            row["best_test_top1"] = max((record["test_top1"] for record in epochs), default=None)
-            row["run_dir"] = str(run_dir)
-            rows.append(row)
-            for record in epochs:
-                entry = {"trial_id": trial.trial_id, "epoch": int(record["epoch"])}
-                entry.update({name: value for name, value in record.items() if is_history_metric(name)})
-                history.append(entry)
-    return rows, history
-
-
-def write_results(sweep: ResolvedSweep, rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-    directory = sweep.directory
-    _write_csv(directory / RESULTS_FILE, rows)
-    _write_csv(directory / HISTORY_FILE, history)
-    scored = [row for row in rows if row["status"] != "error" and row.get(f"final_{sweep.spec.metric}") is not None]
-    if scored:
-        pick = max if sweep.spec.mode == "max" else min
-        best = pick(scored, key=lambda row: row[f"final_{sweep.spec.metric}"])
-        params = {key: best[key] for key in [*sweep.spec.search, "train.seed"]}
-        config = sweep.trial_config(params)
-        header = (f"# Best trial {best['trial_id']} of sweep {sweep.spec.name}: final {sweep.spec.metric} "
-                  f"{best[f'final_{sweep.spec.metric}']:.4f}\n# rsam-dist train {directory / BEST_CONFIG_FILE}\n")
-        (directory / BEST_CONFIG_FILE).write_text(header + config.to_yaml())
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def summarize(directory: Path) -> str:
-    with (directory / RESULTS_FILE).open() as handle:
-        rows = list(csv.DictReader(handle))
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    states = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
-    best = (directory / BEST_CONFIG_FILE).read_text().splitlines()[0].lstrip("# ") if (
-        directory / BEST_CONFIG_FILE).exists() else "no trial finished"
-    return (f"{len(rows)} trials: {states}\n{best}\nresults: {directory / RESULTS_FILE}\n"
-            f"tensorboard --logdir {directory}")
-
-
 def load_sweep_for_cli(path: str, overrides: tuple[str, ...], resume: bool) -> ResolvedSweep:
     """The sweep to run: from FILE, or with --resume from a sweep directory or its FILE."""
     candidate = Path(path)
@@ -350,4 +257,3 @@ def load_sweep_for_cli(path: str, overrides: tuple[str, ...], resume: bool) -> R
             raise UserError(f"{candidate}: not a sweep directory (no {SWEEP_FILE})")
         return load_sweep(candidate / SWEEP_FILE)
     return load_sweep(candidate, overrides)
-
