@@ -1,9 +1,8 @@
-"""`rsam-dist report`: figures and report.md from a sweep directory built by hand in the runner's format
-(sweep.yaml, results.csv, history.csv), for an ablation grid, a glimpse sweep and an optuna search."""
+"""`rsam-dist report`: figures and report.md from sweep directories written by the sweep's own
+writer (rsam_dist.sweep.results), for an ablation grid, a glimpse sweep and an optuna search."""
 
 from __future__ import annotations
 
-import csv
 import statistics
 from pathlib import Path
 
@@ -15,9 +14,13 @@ from PIL import Image
 from rsam_dist.cli import main
 from rsam_dist.config import Config
 from rsam_dist.errors import UserError
+from rsam_dist.metrics import glimpse_metric
 from rsam_dist.report import write_report
+from rsam_dist.sweep import EpochRecord, TrialResult, load_sweep, load_sweep_results, summary_text
+from rsam_dist.sweep.results import write_results, write_sweep_file
 
 HONESTY = "not quoted here, not even as approximations"
+GLIMPSES = 4
 
 
 def _base(dataset: str, epochs: int) -> dict:
@@ -32,50 +35,40 @@ def _curve(final: float, epochs: int) -> list[float]:
     return [round(final * (0.6 + 0.4 * (e + 1) / epochs), 6) for e in range(epochs)]
 
 
+def _epoch(epoch: int, top1: float) -> EpochRecord:
+    metrics = {"test_top1": top1, "train_loss": 2.0 / epoch, "lr": 0.01 * 0.95 ** (epoch - 1),
+               "images_per_sec": 900.0, "epoch_seconds": 55.0}
+    metrics |= {glimpse_metric(i): top1 - 0.01 * (GLIMPSES - i) for i in range(1, GLIMPSES + 1)}
+    return EpochRecord(epoch=epoch, metrics=metrics)
+
+
 def make_sweep(directory: Path, *, name: str, search: dict, seeds: list[int], trials: list[dict],
                dataset: str = "cifar10", epochs: int = 3, algorithm: str = "grid",
                scheduler: str = "fifo") -> Path:
-    """Write sweep.yaml, results.csv and history.csv as rsam_dist/sweep.py does.
+    """A sweep directory as `rsam-dist sweep` leaves it: the sweep file goes through `load_sweep`
+    and the trials through the results writer, with no Ray and no training.
 
-    Each trial: {"status", "params" (searched keys + train.seed), "curve" (test top-1 per epoch)}.
+    Each trial: {"status", "params" (searched keys + train.seed), "curve" (test top-1 per epoch)};
+    a trial that errored keeps its epochs in history.csv but reports no final values.
     """
-    directory.mkdir(parents=True)
-    spec = {"name": name, "storage": str(directory.parent), "base": _base(dataset, epochs), "set": {},
-            "search": search, "seeds": seeds, "num_samples": 1, "algorithm": algorithm,
-            "scheduler": {"type": scheduler}, "metric": "test_top1", "mode": "max"}
-    (directory / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-
-    glimpses = 4
-    metrics = ["test_top1", "train_loss", "lr", "images_per_sec", "epoch_seconds",
-               *(f"test_top1_glimpse_{i}" for i in range(1, glimpses + 1))]
-    result_rows, history_rows = [], []
+    spec = {"name": name, "storage": str(directory.parent), "base": _base(dataset, epochs),
+            "search": search, "seeds": seeds, "algorithm": algorithm, "scheduler": {"type": scheduler}}
+    sweep_file = directory.parent / f"{name}.yaml"
+    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    sweep = load_sweep(sweep_file)
+    assert sweep.directory == directory.resolve()
+    results = []
     for index, trial in enumerate(trials):
-        trial_id = f"t{index:03d}"
-        rows = []
-        for epoch, top1 in enumerate(trial["curve"], start=1):
-            row = {"trial_id": trial_id, "epoch": epoch, "test_top1": top1, "train_loss": 2.0 / epoch,
-                   "lr": 0.01 * 0.95 ** (epoch - 1), "images_per_sec": 900.0, "epoch_seconds": 55.0}
-            row |= {f"test_top1_glimpse_{i}": top1 - 0.01 * (glimpses - i) for i in range(1, glimpses + 1)}
-            rows.append(row)
-        history_rows += rows
-        last = rows[-1] if rows and trial["status"] != "error" else {}
-        result_rows.append({
-            "trial_id": trial_id, "status": trial["status"], "epochs_run": len(rows), "epochs_planned": epochs,
-            **trial["params"],
-            **{f"final_{m}": last.get(m, "") for m in metrics},
-            "best_test_top1": max(trial["curve"]) if last else "",
-            "run_dir": str(directory / trial_id),
-        })
-    columns = ["trial_id", "status", "epochs_run", "epochs_planned", *search, "train.seed",
-               *(f"final_{m}" for m in metrics), "best_test_top1", "run_dir"]
-    with (directory / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(result_rows)
-    with (directory / "history.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["trial_id", "epoch", *metrics])
-        writer.writeheader()
-        writer.writerows(history_rows)
+        history = [_epoch(epoch, top1) for epoch, top1 in enumerate(trial["curve"], start=1)]
+        scored = history and trial["status"] != "error"
+        results.append(TrialResult(
+            trial_id=f"t{index:03d}", status=trial["status"], epochs_run=len(history), epochs_planned=epochs,
+            params=trial["params"], final=history[-1].metrics if scored else {},
+            best_test_top1=max(trial["curve"]) if scored else None,
+            run_dir=str(directory / "trials" / f"t{index:03d}"), history=history,
+        ))
+    write_sweep_file(sweep)
+    write_results(sweep, results)
     return directory
 
 
@@ -139,7 +132,8 @@ def test_ablation_report(ablation_dir: Path):
     assert "Trial `t001`" in text and "**64.00%** after 3 epochs" in text
     # The comparison with the paper: its one number, this run's in the same setting, the notes.
     assert "| 64.95% | 63.00% ± 1.41 pp final, over 2 completed trial(s), 3 epochs" in text
-    assert "not quoted: the figure is not in our copy" in text
+    assert "| not quoted (a figure, see the paper) |" in text
+    assert "our copy" not in text and "Recurrent Soft Attention Model for Common Object Recognition" in text
     assert HONESTY in text
     assert "These trials ran 3 epochs, not the paper's 20." in text
     assert "does not apply" not in text
@@ -151,6 +145,34 @@ def test_cli_prints_the_paths(ablation_dir: Path):
     result = CliRunner().invoke(main, ["report", str(ablation_dir)])
     assert result.exit_code == 0, result.output
     assert result.output.split() == [str(ablation_dir / "fig_top1_per_epoch.png"), str(ablation_dir / "report.md")]
+
+
+def test_results_read_back_typed(ablation_dir: Path):
+    results = load_sweep_results(ablation_dir)
+    assert [t.trial_id for t in results.trials] == [f"t{i:03d}" for i in range(8)]
+    first = results.trials[0]
+    # Each searched key comes back as the training config types it, not as the CSV's text.
+    assert first.params == {"model.feedback": True, "model.attention_input": "downsample", "train.seed": 0}
+    assert type(first.params["train.seed"]) is int and type(first.params["model.feedback"]) is bool
+    assert first.final["test_top1"] == 0.62 and first.final[glimpse_metric(1)] == pytest.approx(0.59)
+    assert [record.epoch for record in first.history] == [1, 2, 3]
+    assert first.history[-1].metrics == first.final and first.best_test_top1 == 0.62
+    assert results.sweep.spec.search["model.feedback"].listed == [True, False]
+    # The writer's files are whole: no temporary file is left beside them.
+    assert sorted(path.name for path in ablation_dir.iterdir()) == [
+        "best_config.yaml", "history.csv", "results.csv", "sweep.yaml"]
+    assert (ablation_dir / "best_config.yaml").read_text().startswith(
+        "# Best trial t001 of sweep ablation: final test_top1 0.6400\n")
+    assert summary_text(results) == (
+        f"8 trials: 8 completed\nBest trial t001 of sweep ablation: final test_top1 0.6400\n"
+        f"results: {ablation_dir / 'results.csv'}\ntensorboard --logdir {ablation_dir}")
+
+
+def test_a_cell_of_the_wrong_type_is_a_user_error(ablation_dir: Path):
+    path = ablation_dir / "results.csv"
+    path.write_text(path.read_text().replace(",True,downsample,", ",maybe,downsample,", 1))
+    with pytest.raises(UserError, match=r"results.csv: line 2, model.feedback: .*'maybe'"):
+        write_report(ablation_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +244,8 @@ def test_optuna_search_report(tmp_path: Path, with_choice: bool):
     else:
         assert f"| all trials | 5 | 1 | {pct([d[3] for d in draws])} |" in text
     assert "Trial `t002`" in text and "**99.00%**" in text and "`optim.lr=0.01`" in text
+    lrs = [trial.params["optim.lr"] for trial in load_sweep_results(directory).trials]
+    assert lrs == [0.002, 0.03, 0.01, 0.08, 0.005, 0.09]  # floats, exactly as written
     assert "Top 5 completed trials:" in text
     assert "not comparable: this sweep ran on digits" in text
     assert "the comparison with the paper's 64.95% does not apply" in text
