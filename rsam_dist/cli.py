@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 1 a failure during the 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -21,6 +22,24 @@ from rsam_dist.errors import UserError
 SET_HELP = "Override a config value, e.g. --set model.glimpses=6 (repeatable)."
 SMOKE_HELP = ("A quick end-to-end check: the debug-size model, a few hundred images, 1 epoch "
               "(your --set still wins).")
+
+
+# Failures of the machine's files that the user fixes (space, permissions, a read-only disk, a
+# name too long), as opposed to bugs: one line naming the path and what to do, exit 2.
+USER_FIXABLE_ERRNOS = {
+    errno.ENOSPC: "free some space there, or point train.storage / data.root elsewhere",
+    errno.EDQUOT: "free some space there, or point train.storage / data.root elsewhere",
+    errno.EROFS: "that file system is read-only: point train.storage elsewhere",
+    errno.EACCES: "you may not write there: fix its permissions or point train.storage elsewhere",
+    errno.EPERM: "you may not write there: fix its permissions or point train.storage elsewhere",
+    errno.ENAMETOOLONG: "the path is too long: use a shorter train.name or storage path",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    where = err.filename if err.filename is not None else "a file"
+    reason = err.strerror or type(err).__name__
+    return f"{str(where)[:200]}: {reason}: {USER_FIXABLE_ERRNOS[err.errno]}"
 
 
 class RsamGroup(click.Group):
@@ -37,6 +56,11 @@ class RsamGroup(click.Group):
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except OSError as err:
+            if err.errno not in USER_FIXABLE_ERRNOS:
+                raise
+            click.echo(f"rsam-dist: error: {describe_os_error(err)}", err=True)
+            sys.exit(2)
         except Exception as err:  # noqa: BLE001 - the boundary where failures become exit codes
             if os.environ.get("RSAM_DEBUG"):
                 traceback.print_exc()

@@ -74,21 +74,38 @@ def load_cifar10(config: DataConfig) -> Dataset:
     from filelock import FileLock
     from torchvision.datasets import CIFAR10
 
+    def read() -> list:
+        return [CIFAR10(str(root), train=train, download=False) for train in (True, False)]
+
     root = Path(config.root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    # Several Ray workers on one node may reach this at once: one downloads, the others wait.
-    with FileLock(str(root / ".cifar10.lock")):
-        try:
-            splits = [CIFAR10(str(root), train=train, download=False) for train in (True, False)]
-        except RuntimeError:
-            if not config.download:
-                raise UserError(_cifar_missing(root, "data.download is false")) from None
+    try:
+        splits = read()  # reading needs no lock, so a read-only folder that holds the data works
+    except RuntimeError:
+        if not config.download:
+            raise UserError(_cifar_missing(root, "data.download is false")) from None
+        root.mkdir(parents=True, exist_ok=True)
+        # Several Ray workers on one node may get here at once: one downloads, the others wait.
+        # The lock lives in the temp folder, never in the data folder.
+        with FileLock(str(_download_lock(root))):
             try:
-                splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
-            except Exception as err:  # noqa: BLE001 - any network or archive failure means "no copy"
-                raise UserError(_cifar_missing(root, f"download failed: {type(err).__name__}")) from None
+                splits = read()  # another worker finished the download meanwhile
+            except RuntimeError:
+                try:
+                    splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
+                except Exception as err:  # noqa: BLE001 - any network or archive failure means "no copy"
+                    raise UserError(_cifar_missing(root, f"download failed: {type(err).__name__}")) from None
     train, test = (_cifar_split(split) for split in splits)
     return Dataset("cifar10", train, test)
+
+
+def _download_lock(root: Path) -> Path:
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "rsam-dist-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"cifar10-{digest}.lock"
 
 
 def _cifar_split(split) -> ImageSplit:

@@ -234,3 +234,23 @@ def test_test_shard_covers_every_index_once(examples, world_size):
 def test_test_shard_with_fewer_examples_than_ranks():
     # e.g. data.limit_test=1 with 4 workers: the ranks past the end get an empty shard
     _check_test_shards_cover(1, 4)
+
+
+def test_cifar10_loads_from_a_read_only_folder(cifar_root):
+    """A shared, read-only dataset folder that already holds CIFAR-10 works: no lock file or
+    anything else is written into it."""
+    import subprocess
+
+    root = cifar_root[0]
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a read-only bind mount")
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(root), str(root)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount here: {mounted.stderr.strip()[:100]}")
+    try:
+        before = sorted(p.name for p in root.rglob("*"))
+        dataset = load_dataset(DataConfig(name="cifar10", root=str(root), download=False))
+        assert len(dataset.train) == 5 * TRAIN_PER_BATCH
+        assert sorted(p.name for p in root.rglob("*")) == before
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)

@@ -63,10 +63,12 @@ def run_case(case: Case, env: Env) -> tuple[int, str, str, float]:
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[case.id for case in ALL_CASES])
-def test_fault(case: Case, tmp_path: Path, repo_root: Path, finished_run: Path) -> None:
+def test_fault(case: Case, tmp_path: Path, repo_root: Path, finished_run: Path, request) -> None:
     env = Env(tmp=tmp_path, repo=repo_root, finished_run=finished_run)
     if case.setup is not None:
-        case.setup(env)
+        cleanup = case.setup(env)  # a setup may return its own undo (an unmount, a released lock)
+        if callable(cleanup):
+            request.addfinalizer(cleanup)
     before = snapshot(tmp_path)
     code, stdout, stderr, seconds = run_case(case, env)
     lines = [line for line in stderr.strip().splitlines() if line.strip()]

@@ -29,7 +29,8 @@ class Case:
     exit_code: int
     words: tuple[str, ...] = ()
     """Each must appear in stderr (case-insensitive)."""
-    setup: Callable[[Env], None] | None = None
+    setup: Callable[[Env], Callable[[], None] | None] | None = None
+    """Injects the fault; may return a function that undoes it (run even when the row fails)."""
     timeout: float = 60.0
     """Seconds; rows that used to hang keep the limit the issue promises."""
     subprocess: bool = False
@@ -44,9 +45,9 @@ class Case:
 
 
 def _all_cases() -> list[Case]:
-    from faults import runs
+    from faults import inputs, runs
 
-    cases = [*runs.CASES]
+    cases = [*runs.CASES, *inputs.CASES]
     ids = [case.id for case in cases]
     duplicated = {i for i in ids if ids.count(i) > 1}
     assert not duplicated, f"duplicate fault ids: {duplicated}"
