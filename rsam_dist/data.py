@@ -21,6 +21,12 @@ from rsam_dist.errors import UserError
 MEAN = 0.5
 STD = 0.5
 NUM_CLASSES = 10
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "digits": tuple(str(digit) for digit in range(10)),
+    "synthetic": tuple(f"class {index}" for index in range(10)),
+}
+"""Human names of the 10 classes of each dataset, for figures."""
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 

@@ -1,9 +1,9 @@
 """TensorBoard output of one run, written by rank 0 only.
 
 Tags: `train/loss`, `train/lr`, `test/top1`, `test/top1_glimpse_<i>`, `speed/images_per_sec`,
-`speed/epoch_seconds`; images `masks/glimpses` (row i: glimpse i's mask over each probe image)
-and `masks/masked_images` (the glimpse the network saw, the paper's Figure 1); the resolved config
-as text; and an hparams summary (config -> final metrics) for TensorBoard's HParams view.
+`speed/epoch_seconds` (the metric table, rsam_dist/metrics.py); the image `masks/figure1` (each
+probe image with every glimpse's mask and what it saw, labelled: the paper's Figure 1); the resolved
+config as text; and an hparams summary (config -> final metrics) for TensorBoard's HParams view.
 The step is the 1-based epoch.
 """
 
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from rsam_dist.config import Config
-from rsam_dist.data import MEAN, STD
+from rsam_dist.data import CLASS_NAMES
 from rsam_dist.metrics import lookup
 from rsam_dist.training import EpochResult
+
+FIGURE1_TAG = "masks/figure1"
+"""One image per epoch: each probe image, then every glimpse's mask and what it saw (Figure 1)."""
 
 
 def scalar_tag(name: str) -> str | None:
@@ -50,23 +52,16 @@ class TensorBoardLogger:
             tag = scalar_tag(metric)
             if tag is not None:
                 self.writer.add_scalar(tag, value, step)
-        if result.masks is not None and result.probe_images is not None:
-            self._log_masks(result.masks, result.probe_images, step)
+        if result.masks is not None and result.probe_predictions is not None:
+            self._log_figure1(result, step)
         self.writer.flush()
 
-    def _log_masks(self, masks: torch.Tensor, images: torch.Tensor, step: int) -> None:
-        from torchvision.utils import make_grid
+    def _log_figure1(self, result: EpochResult, step: int) -> None:
+        from rsam_dist.figure1 import render_figure1
 
-        glimpses, count = masks.shape[:2]
-        # Each mask scaled by its own maximum so a faint mask is still visible.
-        peak = masks.flatten(2).amax(-1).clamp(min=1e-8)[..., None, None]
-        mask_grid = make_grid((masks / peak).reshape(-1, 1, 32, 32), nrow=count, pad_value=1.0)
-        self.writer.add_image("masks/glimpses", mask_grid, step)
-        masked = masks.unsqueeze(2) * images.unsqueeze(0)  # what each glimpse network saw
-        pixels = (masked * STD + MEAN).clamp(0, 1).reshape(-1, 3, 32, 32)
-        originals = (images * STD + MEAN).clamp(0, 1)
-        grid = make_grid(torch.cat([originals, pixels]), nrow=count, pad_value=1.0)
-        self.writer.add_image("masks/masked_images", grid, step)
+        pixels = render_figure1(result.probe_images, result.masks, result.probe_labels,
+                                result.probe_predictions, CLASS_NAMES[self.config.data.name])
+        self.writer.add_image(FIGURE1_TAG, pixels, step, dataformats="HWC")
 
     def log_hparams(self, final: dict[str, float], best_top1: float) -> None:
         """The HParams view's row for this run: the config -> its final metrics."""

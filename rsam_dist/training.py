@@ -24,7 +24,7 @@ from rsam_dist.data import Dataset, load_dataset, train_batches
 from rsam_dist.distributed import World, pick_device
 from rsam_dist.engine import evaluate, train_one_epoch
 from rsam_dist.errors import UserError
-from rsam_dist.model import RSAM
+from rsam_dist.model import RSAM, combined_scores
 from rsam_dist.run_start import check_resume_fits
 
 
@@ -38,6 +38,10 @@ class EpochResult:
     """(glimpses, k, 32, 32) masks of the fixed probe images, on rank 0 only (else None)."""
     probe_images: torch.Tensor | None = None
     """(k, 3, 32, 32) the normalised probe images the masks belong to."""
+    probe_labels: torch.Tensor | None = None
+    """(k,) their true classes."""
+    probe_predictions: torch.Tensor | None = None
+    """(glimpses + 1, k) each glimpse's predicted class, then the combined prediction."""
 
 
 @dataclass
@@ -122,6 +126,17 @@ def build_state(config: Config, device: torch.device, world: World) -> TrainStat
     return TrainState(model, optimizer, scheduler, config=config.to_dict())
 
 
+@torch.no_grad()
+def look_at_probe(model: nn.Module, split, count: int, config: Config) -> dict[str, torch.Tensor]:
+    """Masks and predictions of the first `count` test images (the same every epoch), on the CPU."""
+    model.eval()
+    images, labels = split.batch(torch.arange(count, device=split.labels.device))
+    output = model(images)
+    predictions = torch.cat([output.logits.argmax(-1), combined_scores(output, config.model).argmax(-1)[None]])
+    return {"masks": output.masks.cpu(), "probe_images": images.cpu(), "probe_labels": labels.cpu(),
+            "probe_predictions": predictions.cpu()}
+
+
 def model_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in the state dict of `config`'s model (to check checkpoints)."""
     with torch.device("meta"):  # no memory, no initialisation
@@ -173,12 +188,9 @@ def fit(
         # Evaluate the bare module: DDP's forward would sync buffers, a collective that ranks with
         # different shard sizes would call a different number of times.
         metrics = evaluate(state.model, dataset.test, config.model, world)
-        masks = probe_images = None
+        probe_view = {}
         if world.is_main and len(probe):
-            probe_images = dataset.test.batch(torch.arange(len(probe), device=device))[0]
-            with torch.no_grad():
-                masks = state.model(probe_images).masks.cpu()
-            probe_images = probe_images.cpu()
+            probe_view = look_at_probe(state.model, dataset.test, len(probe), config)
         metrics.update(
             epoch=epoch + 1,
             train_loss=train_loss,
@@ -190,5 +202,5 @@ def fit(
         state.best_top1 = max(state.best_top1, metrics["test_top1"])
         state.last_metrics = metrics
         if on_epoch is not None:
-            on_epoch(EpochResult(epoch, metrics, masks, probe_images), state)
+            on_epoch(EpochResult(epoch, metrics, **probe_view), state)
     return state
