@@ -91,8 +91,20 @@ def format_epoch_line(metrics: dict[str, float], epochs: int) -> str:
     glimpses = " ".join(
         f"{100 * value:.1f}" for key, value in metrics.items() if glimpse_of(key) is not None
     )
+    left = max(epochs - int(metrics["epoch"]), 0)
+    eta = f"  ETA {format_duration(left * metrics['epoch_seconds'])}" if left else "  done"
     return (
         f"epoch {int(metrics['epoch']):>3}/{epochs}  loss {metrics['train_loss']:.4f}  "
         f"test top-1 {100 * metrics['test_top1']:.2f}%  (per glimpse {glimpses})  "
-        f"lr {metrics['lr']:.5f}  {metrics['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f} s"
+        f"lr {metrics['lr']:.5f}  {metrics['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f} s{eta}"
     )
+
+
+def format_duration(seconds: float) -> str:
+    """4h05m, 12m30s or 45s: how long is left, to the precision a person plans with."""
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
