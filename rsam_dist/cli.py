@@ -107,7 +107,8 @@ def train(config_file, overrides, local, address, resume_dir, smoke_test) -> Non
         metrics = train_on_ray(run, config, address=address, resume=bool(resume_dir))
     top1 = metrics.get("test_top1")
     summary = f"final test top-1 {100 * top1:.2f}%" if top1 is not None else "no epoch finished"
-    click.echo(f"{summary}\nrun directory: {run}\ntensorboard --logdir {run.local or run.tensorboard}")
+    viewer = f"tensorboard --logdir {run.local}" if run.local else f"rsam-dist tensorboard {run}"
+    click.echo(f"{summary}\nrun directory: {run}\n{viewer}")
 
 
 @main.command()
@@ -144,10 +145,13 @@ def validate(file, overrides) -> None:
 @main.command()
 @click.argument("sweep_dir", type=click.Path(file_okay=False))
 def report(sweep_dir) -> None:
-    """Write the paper's figures (PNG) and report.md into SWEEP_DIR, and print their paths."""
+    """Write the paper's figures (PNG), report.md and report.html into SWEEP_DIR; print their paths."""
     from rsam_dist.report import write_report
+    from rsam_dist.sweep import hold_sweep_lock
 
-    for path in write_report(sweep_dir):
+    with hold_sweep_lock(sweep_dir):  # not while a sweep (or another report) writes there
+        paths = write_report(sweep_dir)
+    for path in paths:
         click.echo(path)
 
 

@@ -109,7 +109,7 @@ def ablation_dir(tmp_path: Path) -> Path:
 
 def test_ablation_report(ablation_dir: Path):
     written = write_report(ablation_dir)
-    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "report.md"]  # glimpses do not vary
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "report.md", "report.html"]  # glimpses fixed
     assert all(p.is_file() for p in written)
     assert_png(ablation_dir / "fig_top1_per_epoch.png")
     text = (ablation_dir / "report.md").read_text()
@@ -144,7 +144,8 @@ def test_ablation_report(ablation_dir: Path):
 def test_cli_prints_the_paths(ablation_dir: Path):
     result = CliRunner().invoke(main, ["report", str(ablation_dir)])
     assert result.exit_code == 0, result.output
-    assert result.output.split() == [str(ablation_dir / "fig_top1_per_epoch.png"), str(ablation_dir / "report.md")]
+    assert result.output.split() == [str(ablation_dir / name) for name in
+                                     ("fig_top1_per_epoch.png", "report.md", "report.html")]
 
 
 def test_results_read_back_typed(ablation_dir: Path):
@@ -190,7 +191,8 @@ def test_glimpse_sweep_report(tmp_path: Path):
                            seeds=[0, 1], trials=trials, epochs=20, scheduler="asha")
 
     written = write_report(directory)
-    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_top1_vs_glimpses.png", "report.md"]
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_top1_vs_glimpses.png", "report.md",
+                                         "report.html"]
     for path in written[:2]:
         assert_png(path)
     text = (directory / "report.md").read_text()
@@ -231,7 +233,7 @@ def test_optuna_search_report(tmp_path: Path, with_choice: bool):
                            dataset="digits", epochs=4, algorithm="optuna", scheduler="asha")
 
     written = write_report(directory)
-    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_search.png", "report.md"]
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_search.png", "report.md", "report.html"]
     for path in written[:2]:
         assert_png(path)
     text = (directory / "report.md").read_text()
@@ -258,7 +260,7 @@ def test_a_sweep_where_nothing_finished_still_reports(tmp_path: Path):
               {"status": "pending", "curve": [], "params": {"model.glimpses": 2, "train.seed": 0}}]
     directory = make_sweep(tmp_path / "failed", name="failed", search={"model.glimpses": {"grid": [1, 2]}},
                            seeds=[0], trials=trials)
-    assert [p.name for p in write_report(directory)] == ["report.md"]
+    assert [p.name for p in write_report(directory)] == ["report.md", "report.html"]
     text = (directory / "report.md").read_text()
     assert "2 trials: 0 completed, 0 stopped early, 1 error, 1 pending" in text
     assert "no completed trial in this setting" in text and HONESTY in text
@@ -277,3 +279,16 @@ def test_missing_or_empty_results_is_a_user_error(tmp_path: Path):
         write_report(tmp_path)
     with pytest.raises(UserError, match="no such directory"):
         write_report(tmp_path / "absent")
+
+
+def test_report_html_is_self_contained(ablation_dir):
+    """report.html holds the report's text and every figure inline: it opens from disk, no server."""
+    import base64
+
+    write_report(ablation_dir)
+    page = (ablation_dir / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<table>" in page
+    figure = (ablation_dir / "fig_top1_per_epoch.png").read_bytes()
+    assert f'src="data:image/png;base64,{base64.b64encode(figure).decode()}"' in page
+    assert 'src="fig_' not in page  # no link left to a file beside it

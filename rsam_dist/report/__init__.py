@@ -9,6 +9,7 @@ and writes beside them:
     fig_top1_vs_glimpses.png   final test top-1 against glimpse count (Figure 4), when glimpses vary
     fig_search.png             final metric against each numeric searched key (random/optuna sweeps)
     report.md                  what ran, the arms, the best trial, the comparison with the paper
+    report.html                the same, as one self-contained page (figures embedded)
 
 `analysis` holds the numbers (the paper's and the arms'), `figures` the plots, `markdown` the prose.
 Trials that errored or never ran are counted but left out of figures and averages. Trials that
@@ -28,15 +29,17 @@ from rsam_dist.report.figures import (
     plot_top1_per_epoch,
     plot_top1_vs_glimpses,
 )
+from rsam_dist.report.html import render_html
 from rsam_dist.report.markdown import render_markdown
 from rsam_dist.runs import write_bytes
 from rsam_dist.sweep.results import load_sweep_results
 
 REPORT_FILE = "report.md"
+REPORT_PAGE = "report.html"
 
 
 def write_report(sweep_dir: str | Path) -> list[Path]:
-    """Write the figures and report.md into `sweep_dir`; returns the paths written."""
+    """Write the figures, report.md and report.html into `sweep_dir`; returns the paths written."""
     results = load_sweep_results(sweep_dir)
     directory = results.directory
     figures = [
@@ -46,8 +49,11 @@ def write_report(sweep_dir: str | Path) -> list[Path]:
     ]
     written = [path for path in figures if path is not None]
     report = directory / REPORT_FILE
-    write_bytes(str(report), render_markdown(results, written).encode())
-    return [*written, report]
+    text = render_markdown(results, written)
+    write_bytes(str(report), text.encode())
+    page = directory / REPORT_PAGE
+    write_bytes(str(page), render_html(text, directory, f"rsam-dist report: {directory.name}").encode())
+    return [*written, report, page]
 
 
-__all__ = ["REPORT_FILE", "write_report"]
+__all__ = ["REPORT_FILE", "REPORT_PAGE", "write_report"]
