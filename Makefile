@@ -25,6 +25,7 @@ test: venv
 demo: venv
 	$(BIN)/rsam-dist sweep sweeps/demo.yaml $(if $(wildcard runs/demo/sweep.yaml),--resume)
 	$(BIN)/rsam-dist report runs/demo
+	@echo "See it: tensorboard --logdir runs/demo   and open runs/demo/report.html in a browser"
 
 lint: venv
 	$(BIN)/ruff check .
