@@ -13,13 +13,22 @@ from rsam_dist.tensorboard_log import TensorBoardLogger
 from rsam_dist.training import EpochResult, TrainState
 
 
+TRAINMODE_GAP_SHOWN = 0.05
+"""The epoch line shows train-mode (batch-statistics) test top-1 when it differs from the eval-mode
+figure by more than this (5 points): the evaluation is then measuring BatchNorm's statistics."""
+
+
 def format_epoch_line(metrics: dict[str, float], epochs: int) -> str:
     glimpses = " ".join(
         f"{100 * value:.1f}" for key, value in metrics.items() if key.startswith("test_top1_glimpse_")
     )
+    trainmode = metrics.get("test_top1_trainmode")
+    gap = ""
+    if trainmode is not None and abs(trainmode - metrics["test_top1"]) > TRAINMODE_GAP_SHOWN:
+        gap = f"  [train-mode BN {100 * trainmode:.2f}%]"
     return (
         f"epoch {int(metrics['epoch']):>3}/{epochs}  loss {metrics['train_loss']:.4f}  "
-        f"test top-1 {100 * metrics['test_top1']:.2f}%  (per glimpse {glimpses})  "
+        f"test top-1 {100 * metrics['test_top1']:.2f}%{gap}  (per glimpse {glimpses})  "
         f"lr {metrics['lr']:.5f}  {metrics['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f} s"
     )
 

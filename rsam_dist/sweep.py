@@ -31,7 +31,7 @@ SWEEP_FILE = "sweep.yaml"
 RESULTS_FILE = "results.csv"
 HISTORY_FILE = "history.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
-HISTORY_METRICS = ("test_top1", "train_loss", "lr", "images_per_sec", "epoch_seconds")
+HISTORY_METRICS = ("test_top1", "test_top1_trainmode", "train_loss", "lr", "images_per_sec", "epoch_seconds")
 
 
 # --- the trial: a driver that fits one TorchTrainer ---------------------------------------------

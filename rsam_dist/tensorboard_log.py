@@ -1,7 +1,8 @@
 """TensorBoard output of one run, written by rank 0 only.
 
-Tags: `train/loss`, `train/lr`, `test/top1`, `test/top1_glimpse_<i>`, `speed/images_per_sec`,
-`speed/epoch_seconds`; images `masks/glimpses` (row i: glimpse i's mask over each probe image)
+Tags: `train/loss`, `train/lr`, `test/top1`, `test/top1_glimpse_<i>`, `test/top1_trainmode` (BatchNorm
+with batch statistics: apart from `test/top1` when evaluation measures BatchNorm's statistics rather
+than the weights), `speed/images_per_sec`, `speed/epoch_seconds`; images `masks/glimpses` (row i: glimpse i's mask over each probe image)
 and `masks/masked_images` (the glimpse the network saw, the paper's Figure 1); the resolved config
 as text; and an hparams summary (config -> final metrics) for TensorBoard's HParams view.
 The step is the 1-based epoch.
@@ -23,6 +24,7 @@ SCALAR_TAGS = {
     "train_loss": "train/loss",
     "lr": "train/lr",
     "test_top1": "test/top1",
+    "test_top1_trainmode": "test/top1_trainmode",  # BatchNorm with batch statistics, every epoch
     "images_per_sec": "speed/images_per_sec",
     "epoch_seconds": "speed/epoch_seconds",
 }
