@@ -43,6 +43,12 @@ class ModelConfig(Section):
     feedback through the same weights, as in the author's code (256 -> 4 maps)."""
     batchnorm_init: Literal["ones", "uniform"] = "ones"
     """BatchNorm scale init: current PyTorch (ones) or PyTorch-2017's U(0,1), the author's."""
+    batchnorm_per_glimpse: bool = False
+    """Beyond the paper: the BatchNorms that run once per glimpse (the mask decoder's and the glimpse
+    network's) keep separate running statistics per glimpse, with one shared scale and shift, so
+    evaluation normalises each glimpse as training did (recurrent BatchNorm, Cooijmans et al. 2016).
+    false is the author's model: one set of statistics pooled over all glimpses. The parameter
+    count is the same either way."""
 
 
 class DataConfig(Section):
