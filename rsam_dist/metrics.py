@@ -46,10 +46,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("epoch", None, "epoch", history=False),
     Metric("train_loss", "train/loss", "train loss", goal="min"),
     Metric("test_top1", "test/top1", "test top-1", fraction=True, goal="max"),
+    # BatchNorm with batch statistics: apart from test_top1 when evaluation measures BatchNorm's
+    # running statistics rather than the weights (shown on the epoch line only then).
+    Metric("test_top1_trainmode", "test/top1_trainmode", "test top-1, train-mode BatchNorm", fraction=True),
     Metric("lr", "train/lr", "learning rate"),
     Metric("images_per_sec", "speed/images_per_sec", "images/s"),
     Metric("epoch_seconds", "speed/epoch_seconds", "epoch seconds"),
 )
+TRAINMODE_GAP_SHOWN = 0.05
+"""The epoch line shows train-mode (batch-statistics) test top-1 when it differs from the eval-mode
+figure by more than this (5 points): the evaluation is then measuring BatchNorm's statistics."""
 _BY_NAME = {metric.name: metric for metric in METRICS}
 _GLIMPSE = re.compile(rf"^{GLIMPSE_PREFIX}(\d+)$")
 
@@ -91,11 +97,15 @@ def format_epoch_line(metrics: dict[str, float], epochs: int) -> str:
     glimpses = " ".join(
         f"{100 * value:.1f}" for key, value in metrics.items() if glimpse_of(key) is not None
     )
+    trainmode = metrics.get("test_top1_trainmode")
+    gap = ""
+    if trainmode is not None and abs(trainmode - metrics["test_top1"]) > TRAINMODE_GAP_SHOWN:
+        gap = f"  [train-mode BN {100 * trainmode:.2f}%]"
     left = max(epochs - int(metrics["epoch"]), 0)
     eta = f"  ETA {format_duration(left * metrics['epoch_seconds'])}" if left else "  done"
     return (
         f"epoch {int(metrics['epoch']):>3}/{epochs}  loss {metrics['train_loss']:.4f}  "
-        f"test top-1 {100 * metrics['test_top1']:.2f}%  (per glimpse {glimpses})  "
+        f"test top-1 {100 * metrics['test_top1']:.2f}%{gap}  (per glimpse {glimpses})  "
         f"lr {metrics['lr']:.5f}  {metrics['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f} s{eta}"
     )
 

@@ -9,10 +9,14 @@ neither of which changes the function computed:
 
 With the defaults (4 glimpses, hidden 256, down-sample input) the model has 1,340,958 trainable
 parameters, the count of the layers the author's forward uses.
+
+One option goes beyond the paper: `batchnorm_per_glimpse` keeps the running statistics of the
+BatchNorms that run once per glimpse separately for each glimpse (same parameters).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -26,11 +30,54 @@ NUM_CLASSES = 10
 GLIMPSE_FEATURES = 16 * 4 * 4  # the glimpse network's flat output
 
 
-def conv_bn_pool_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+class PerGlimpseBatchNorm(nn.Module):
+    """BatchNorm with running statistics of its own for each glimpse and one shared scale and shift.
+
+    A BatchNorm shared across glimpses normalises each glimpse with that glimpse's batch statistics
+    in training, but with one running average pooled over all glimpses in evaluation. Keeping the
+    statistics per glimpse (recurrent BatchNorm, Cooijmans et al. 2016) makes evaluation normalise
+    as training did. The scale and shift stay shared, so the parameter count does not change.
+    """
+
+    def __init__(self, num_features: int, glimpses: int, dims: int):
+        super().__init__()
+        norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dims]
+        self.norms = nn.ModuleList(norm(num_features, affine=False) for _ in range(glimpses))
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor, glimpse: int) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over the batch and spatial dimensions
+        return self.norms[glimpse](x) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def batchnorm(num_features: int, dims: int, per_glimpse: int | None = None) -> nn.Module:
+    """A BatchNorm shared by every call, or with statistics for each of `per_glimpse` glimpses."""
+    if per_glimpse is not None:
+        return PerGlimpseBatchNorm(num_features, per_glimpse, dims)
+    return nn.BatchNorm1d(num_features) if dims == 1 else nn.BatchNorm2d(num_features)
+
+
+def run_at_glimpse(layers: Iterable[nn.Module], x: torch.Tensor, glimpse: int) -> torch.Tensor:
+    """The layers applied in order (Sequentials entered), passing the glimpse index to the
+    per-glimpse BatchNorms among them."""
+    for layer in layers:
+        if isinstance(layer, nn.Sequential):
+            x = run_at_glimpse(layer, x, glimpse)
+        elif isinstance(layer, PerGlimpseBatchNorm):
+            x = layer(x, glimpse)
+        else:
+            x = layer(x)
+    return x
+
+
+def conv_bn_pool_relu(
+    in_channels: int, out_channels: int, kernel: int, per_glimpse: int | None = None
+) -> nn.Sequential:
     """conv -> BatchNorm -> maxpool 2 -> ReLU, the block both CNNs are made of."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2),
-        nn.BatchNorm2d(out_channels),
+        batchnorm(out_channels, 2, per_glimpse),
         nn.MaxPool2d(2),
         nn.ReLU(),
     )
@@ -64,31 +111,35 @@ class FlatAttentionInput(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """C0's hidden state -> a non-negative 32x32 mask: ReLU(BN(Linear(h)))."""
+    """C0's hidden state -> a non-negative 32x32 mask: ReLU(BN(Linear(h))).
 
-    def __init__(self, hidden_size: int):
+    `per_glimpse`: the number of glimpses to keep BatchNorm statistics for (None: one shared set)."""
+
+    def __init__(self, hidden_size: int, per_glimpse: int | None = None):
         super().__init__()
         self.fc = nn.Linear(hidden_size, IMAGE_SIZE * IMAGE_SIZE)
-        self.bn = nn.BatchNorm1d(IMAGE_SIZE * IMAGE_SIZE)
+        self.bn = batchnorm(IMAGE_SIZE * IMAGE_SIZE, 1, per_glimpse)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.fc(hidden))).view(-1, IMAGE_SIZE, IMAGE_SIZE)
+    def forward(self, hidden: torch.Tensor, glimpse: int = 0) -> torch.Tensor:
+        return F.relu(run_at_glimpse([self.fc, self.bn], hidden, glimpse)).view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 
 class GlimpseNet(nn.Module):
-    """Masked 3x32x32 image -> 16x4x4 = 256 features for C1."""
+    """Masked 3x32x32 image -> 16x4x4 = 256 features for C1.
 
-    def __init__(self):
+    `per_glimpse`: the number of glimpses to keep BatchNorm statistics for (None: one shared set)."""
+
+    def __init__(self, per_glimpse: int | None = None):
         super().__init__()
         self.layers = nn.Sequential(
-            conv_bn_pool_relu(3, 8, 5),
-            conv_bn_pool_relu(8, 16, 5),
-            conv_bn_pool_relu(16, 16, 3),
+            conv_bn_pool_relu(3, 8, 5, per_glimpse),
+            conv_bn_pool_relu(8, 16, 5, per_glimpse),
+            conv_bn_pool_relu(16, 16, 3, per_glimpse),
             nn.Flatten(),
         )
 
-    def forward(self, glimpse: torch.Tensor) -> torch.Tensor:
-        return self.layers(glimpse)
+    def forward(self, masked_image: torch.Tensor, glimpse: int = 0) -> torch.Tensor:
+        return run_at_glimpse(self.layers, masked_image, glimpse)
 
 
 class RSAMOutput(NamedTuple):  # a tuple, so DDP can traverse it
@@ -107,13 +158,17 @@ class RSAM(nn.Module):
             DownsampleNet(hidden) if config.attention_input == "downsample" else FlatAttentionInput(hidden)
         )
         self.context_lstm = nn.LSTMCell(hidden, hidden)  # C0: features and feedback share its weights
-        self.mask_decoder = MaskDecoder(hidden)
-        self.glimpse_net = GlimpseNet()
+        # The down-sample network runs once per batch; these two run once per glimpse.
+        per_glimpse = config.glimpses if config.batchnorm_per_glimpse else None
+        self.mask_decoder = MaskDecoder(hidden, per_glimpse)
+        self.glimpse_net = GlimpseNet(per_glimpse)
         self.glimpse_lstm = nn.LSTMCell(GLIMPSE_FEATURES, hidden)  # C1
         self.classifier = nn.Linear(hidden, NUM_CLASSES)  # shared by every glimpse
         if config.batchnorm_init == "uniform":
             for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, (nn.modules.batchnorm._BatchNorm, PerGlimpseBatchNorm)) and (
+                    module.weight is not None  # a PerGlimpseBatchNorm's inner norms have no scale
+                ):
                     nn.init.uniform_(module.weight)  # what PyTorch 0.x did, so the author's runs too
 
     def forward(self, image: torch.Tensor, features: torch.Tensor | None = None) -> RSAMOutput:
@@ -128,9 +183,9 @@ class RSAM(nn.Module):
         logits, masks = [], []
         for step in range(self.config.glimpses):
             context = self.context_lstm(features, context)
-            mask = self.mask_decoder(context[0])
+            mask = self.mask_decoder(context[0], step)
             glimpse = mask.unsqueeze(1) * image  # one mask on all three channels
-            glimpse_state = self.glimpse_lstm(self.glimpse_net(glimpse), glimpse_state)
+            glimpse_state = self.glimpse_lstm(self.glimpse_net(glimpse, step), glimpse_state)
             logits.append(self.classifier(glimpse_state[0]))
             masks.append(mask)
             last = step == self.config.glimpses - 1

@@ -9,6 +9,7 @@ checkpoints) through `on_epoch`.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rsam_dist.batchnorm_stats import recompute_batchnorm_statistics
 from rsam_dist.config import Config
 from rsam_dist.data import Dataset, load_dataset, train_batches
 from rsam_dist.distributed import World, pick_device
@@ -33,7 +35,8 @@ class EpochResult:
     epoch: int
     """0-based index of the epoch just finished."""
     metrics: dict[str, float]
-    """train_loss, test_top1, test_top1_glimpse_<i>, lr, images_per_sec, epoch_seconds, epoch."""
+    """train_loss, test_top1, test_top1_glimpse_<i>, test_top1_trainmode (BatchNorm with batch
+    statistics; absent on tiny test sets), lr, images_per_sec, epoch_seconds, epoch."""
     masks: torch.Tensor | None = None
     """(glimpses, k, 32, 32) masks of the fixed probe images, on rank 0 only (else None)."""
     probe_images: torch.Tensor | None = None
@@ -152,6 +155,16 @@ def check_dataset_fits(dataset: Dataset, config: Config) -> None:
         )
 
 
+def precise_batchnorm_statistics(model: nn.Module, dataset: Dataset, config: Config, epoch: int, world: World) -> None:
+    """Recompute the BatchNorm statistics from the first `train.bn_stats_batches` batches of this
+    epoch's shuffle (this rank's share of each; averaged over ranks), for the evaluation after it."""
+    batches = train_batches(
+        len(dataset.train), config.optim.batch_size, epoch, config.train.seed, world.rank, world.size
+    )
+    images = (dataset.train.batch(indices.to(world.device))[0] for indices in batches)
+    recompute_batchnorm_statistics(model, itertools.islice(images, config.train.bn_stats_batches), world)
+
+
 def fit(
     config: Config,
     on_epoch: EpochCallback | None = None,
@@ -185,8 +198,10 @@ def fit(
         )
         train_seconds = time.perf_counter() - started
         state.scheduler.step()
-        # Evaluate the bare module: DDP's forward would sync buffers, a collective that ranks with
-        # different shard sizes would call a different number of times.
+        # Statistics and evaluation use the bare module: DDP's forward would sync buffers, a
+        # collective that ranks with different shard sizes would call a different number of times.
+        if config.train.bn_stats == "precise":
+            precise_batchnorm_statistics(state.model, dataset, config, epoch, world)
         metrics = evaluate(state.model, dataset.test, config.model, world)
         probe_view = {}
         if world.is_main and len(probe):
