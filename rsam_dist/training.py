@@ -62,7 +62,8 @@ class TrainState:
             "last_metrics": self.last_metrics,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                # is_initialized, not is_available: a CPU run never probes CUDA (a g2 node's K520).
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
             },
