@@ -48,17 +48,32 @@ class World:
         return tensor
 
 
-def pick_device(requested: str) -> torch.device:
-    """The device for `train.device`: auto takes Ray's GPU for this worker, or cuda:0, or the CPU."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from rsam_dist.errors import UserError
+def pick_device(requested: str, gpu_assigned: bool | None = None) -> torch.device:
+    """The device for `train.device`: auto takes Ray's GPU for this worker, or cuda:0, or the CPU.
 
-        raise UserError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    `gpu_assigned` says, inside a Ray Train worker, whether the run asked Ray for GPUs
+    (scaling.gpus_per_worker > 0); None outside Ray. A worker given none trains on the CPU without
+    asking CUDA anything: its node may carry a GPU that is deliberately not offered to Ray (the
+    GRID K520s of cluster/aws-g2.yaml), and probing that one warns or fails in every worker. A
+    worker given a GPU first checks that this PyTorch can run it (one-line error if not).
+    """
+    from rsam_dist.errors import UserError
+
+    if requested == "cpu":
+        return torch.device("cpu")
+    if gpu_assigned is False:
+        if requested == "cuda":
+            raise UserError("train.device=cuda but this run asks Ray for no GPU (scaling.gpus_per_worker=0): "
+                            "set scaling.gpus_per_worker=1, or train.device=auto to train on CPUs")
+        return torch.device("cpu")
     from rsam_dist.gpu_check import check_gpu_supported
 
-    check_gpu_supported()  # a GPU too old for this PyTorch build stops here, not mid-epoch
+    # A GPU too old for this PyTorch stops here, not mid-epoch; so does a given GPU CUDA cannot see.
+    check_gpu_supported(gpu_assigned=bool(gpu_assigned))
+    if not torch.cuda.is_available():
+        if requested == "auto":
+            return torch.device("cpu")
+        raise UserError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
     try:  # inside a Ray Train worker, the GPU Ray assigned
         import ray.train.torch
 

@@ -42,15 +42,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ray.train.v2._internal.execution import context as train_context
 
     from rsam_dist.distributed import World, pick_device
-    from rsam_dist.gpu_check import check_gpu_supported
     from rsam_dist.recorder import EpochRecorder
     from rsam_dist.training import EpochResult, TrainState, fit, model_shapes
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     config = Config.model_validate(loop_config["config"])
     run = RunDir(**loop_config["run"])
-    check_gpu_supported(gpu_assigned=config.scaling.gpus_per_worker > 0)  # e.g. the paper's K520
-    device = pick_device(config.train.device)
+    # Given a GPU: one-line error on one this PyTorch cannot run (the paper's K520). Given none: the
+    # CPU, and CUDA is left alone (a g2 node's K520 is there but not offered to Ray).
+    device = pick_device(config.train.device, gpu_assigned=config.scaling.gpus_per_worker > 0)
+    if device.type == "cpu":
+        # As many threads as CPUs Ray reserved for this worker: Ray's cluster launcher exports
+        # OMP_NUM_THREADS=1 to every node's processes, which would hold an 8-CPU worker to one.
+        torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
     world = World.current(device)
 
     start = None

@@ -91,7 +91,8 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # is_initialized, not is_available: a CPU run never probes CUDA (a g2 node's K520).
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gauss": float(cached_gauss)},
         "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
@@ -101,7 +102,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
+    if rng["cuda"] and torch.cuda.is_available():  # only a run that used CUDA saved CUDA states
         torch.cuda.set_rng_state_all(rng["cuda"])
     numpy_state = rng["numpy"]
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
