@@ -8,6 +8,11 @@
 Runs without Ray, on the GPU when there is one:
     python benchmarks/bench_step.py [--repeats 15] [--glimpses 4] [--batch 128]
 Each figure is the median of --repeats timings; the machines are noisy, so compare ratios.
+
+3. With --table-row (on a GPU): the training and test throughput of one trial of that setting while
+   --trials-per-gpu trials share the GPU (each in its own process, as Ray runs them), printed as a
+   row for rsam_dist/plan/throughput.yaml, which `rsam-dist plan --cluster` estimates GPU time from:
+    python benchmarks/bench_step.py --table-row --glimpses 4 --batch 128 --trials-per-gpu 4
 """
 
 from __future__ import annotations
@@ -121,12 +126,60 @@ def bench_batches(args, device: torch.device) -> None:
     print(f"  speed-up of slicing: {loader_seconds / slice_seconds:.1f}x")
 
 
+def _one_trial(setting, budget_s: float, start, results) -> None:
+    """One trial's process: wait for the others, then time the step (measure_steps) on the GPU."""
+    from rsam_dist.plan.measure import measure_steps
+
+    start.wait()
+    timing = measure_steps([setting], budget_s)[setting]
+    results.put((setting.batch / timing.train_step_s, 1 / timing.eval_image_s))
+
+
+def table_row(args) -> None:
+    import multiprocessing
+    import time
+
+    import yaml
+
+    from rsam_dist.plan.measure import StepSetting
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--table-row measures a GPU and this machine has none")
+    setting = StepSetting(glimpses=args.glimpses, hidden_size=args.hidden_size, feedback=True,
+                          attention_input="downsample", batch=args.batch, threads=1, device="cuda")
+    context = multiprocessing.get_context("spawn")  # CUDA does not survive fork
+    start, results = context.Barrier(args.trials_per_gpu), context.Queue()
+    workers = [context.Process(target=_one_trial, args=(setting, args.budget, start, results))
+               for _ in range(args.trials_per_gpu)]
+    for worker in workers:
+        worker.start()
+    rates = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    row = {"gpu": torch.cuda.get_device_name(0), **{k: getattr(setting, k) for k in
+           ("glimpses", "hidden_size", "feedback", "attention_input", "batch")},
+           "trials_per_gpu": args.trials_per_gpu,
+           "train_images_per_s": round(statistics.median(r[0] for r in rates), 1),
+           "eval_images_per_s": round(statistics.median(r[1] for r in rates), 1),
+           "source": f"benchmarks/bench_step.py --table-row, torch {torch.__version__}, median of "
+                     f"{args.trials_per_gpu} concurrent trial(s)",
+           "as_of": time.strftime("%Y-%m-%d")}
+    print(yaml.safe_dump([row], sort_keys=False).rstrip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--glimpses", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--table-row", action="store_true", help="Print a throughput.yaml row for this GPU.")
+    parser.add_argument("--trials-per-gpu", type=int, default=1, help="With --table-row: trials sharing the GPU.")
+    parser.add_argument("--hidden-size", type=int, default=256, help="With --table-row: the LSTM width.")
+    parser.add_argument("--budget", type=float, default=5.0, help="With --table-row: seconds of timed steps.")
     args = parser.parse_args()
+    if args.table_row:
+        table_row(args)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bench_downsample_once(args, device)
     bench_batches(args, device)

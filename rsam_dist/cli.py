@@ -4,6 +4,7 @@
     rsam-dist train configs/digits.yaml --local         # in this process
     rsam-dist train configs/digits.yaml --set scaling.num_workers=2   # DDP on Ray Train
     rsam-dist train --resume runs/<name>                # finish a stopped run
+    rsam-dist plan sweeps/glimpses.yaml --cluster cluster/aws-gpu.yaml   # trials, time, cost; no Ray
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 1 a failure during the run.
 """
@@ -118,7 +119,8 @@ def train(config_file, overrides, local, address, resume_dir, smoke_test) -> Non
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to use (default: start a local one).")
 @click.option("--resume", is_flag=True, help="Continue the sweep: finished trials are kept, the rest run.")
 @click.option("--smoke-test", is_flag=True, help=SMOKE_HELP)
-def sweep(sweep_file, overrides, address, resume, smoke_test) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the plan (rsam-dist plan) and run nothing.")
+def sweep(sweep_file, overrides, address, resume, smoke_test, dry_run) -> None:
     """Run the trials of SWEEP_FILE (YAML) on Ray Tune; --resume continues an interrupted one."""
     from rsam_dist.config import SMOKE_TEST
 
@@ -126,9 +128,21 @@ def sweep(sweep_file, overrides, address, resume, smoke_test) -> None:
         if resume:
             raise UserError("--smoke-test starts a new sweep: drop --resume")
         overrides = (*SMOKE_TEST, "num_samples=1", *overrides)
+    if dry_run:
+        from rsam_dist.plan import make_plan
+
+        if resume:
+            raise UserError("--dry-run plans a new sweep: drop --resume")
+        click.echo(make_plan(sweep_file, overrides, address=address).text())
+        return
     from rsam_dist.sweep import load_sweep_for_cli, load_sweep_results, run_sweep, summary_text
 
-    directory = run_sweep(load_sweep_for_cli(sweep_file, overrides, resume), address=address, resume=resume)
+    loaded = load_sweep_for_cli(sweep_file, overrides, resume)
+    if not resume:
+        from rsam_dist.plan.record import plan_before_sweep
+
+        click.echo(plan_before_sweep(loaded, sweep_file, overrides, address), err=True)
+    directory = run_sweep(loaded, address=address, resume=resume)
     click.echo(summary_text(load_sweep_results(directory)))
 
 
@@ -140,6 +154,20 @@ def validate(file, overrides) -> None:
     from rsam_dist.validation import validate_file
 
     click.echo(validate_file(file, overrides))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a sweep field (num_samples=4) or a config value (train.epochs=1).")
+@click.option("--cluster", type=click.Path(dir_okay=False),
+              help="Plan on this cluster-launcher file (cluster/*.yaml), at its largest.")
+@click.option("--address", metavar="URL", help="Plan on the running cluster whose dashboard is at URL.")
+def plan(file, overrides, cluster, address) -> None:
+    """Every trial FILE (a sweep or training config) would run, how long and what it costs; no Ray."""
+    from rsam_dist.plan import make_plan
+
+    click.echo(make_plan(file, overrides, cluster=cluster, address=address).text())
 
 
 @main.command()

@@ -33,6 +33,7 @@ from rsam_dist.report.analysis import (
     mean_std_max,
     numeric_search_keys,
 )
+from rsam_dist.report.stats import arm_stats
 from rsam_dist.sweep.results import SweepResults, TrialResult
 
 FIG_PER_EPOCH = "fig_top1_per_epoch.png"
@@ -75,7 +76,7 @@ def _line_label(results: SweepResults, values: tuple, members: list[TrialResult]
 
 
 def _draw_arm(axes, members: list[TrialResult], colour: str, label: str, highlight: bool) -> tuple[bool, bool]:
-    """One arm: the mean of its completed trials with a min–max band, and a thin dashed line per
+    """One arm: the mean of its completed trials with its 95% interval as a band, and a thin dashed line per
     trial stopped early, ending in a cross (so the mean never jumps where one stops).
     Returns (drew a band, drew a stopped trial)."""
     completed = [t for t in members if t.status == "completed"]
@@ -89,7 +90,9 @@ def _draw_arm(axes, members: list[TrialResult], colour: str, label: str, highlig
                   label=label if highlight else None, zorder=3 if highlight else 2)
         if len(completed) > 1 and highlight:
             band = True
-            axes.fill_between(epochs, [min(v) for v in by_epoch.values()], [max(v) for v in by_epoch.values()],
+            intervals = [arm_stats(values) for values in by_epoch.values()]
+            axes.fill_between(epochs, [s.ci_low if s.ci_low is not None else s.mean for s in intervals],
+                              [s.ci_high if s.ci_high is not None else s.mean for s in intervals],
                               color=colour, alpha=0.18, linewidth=0)
     for number, trial in enumerate(stopped):
         by_epoch = _top1_by_epoch([trial])
@@ -131,7 +134,7 @@ def plot_top1_per_epoch(results: SweepResults, path: Path) -> Path | None:
         handles.append(Line2D([], [], linestyle="--", marker="x", color="0.3", linewidth=1))
         labels.append("stopped early (ASHA), each trial")
     if arm_keys(results):
-        what = "mean over seeds, band min–max" if any_band else "one trial per arm"
+        what = "mean over seeds, band: 95% CI of the mean" if any_band else "one trial per arm"
     else:
         what = "one line per trial"
     axes.set_title(f"{results.name}: test top-1 per epoch ({what})", fontsize=11)
@@ -148,7 +151,8 @@ def plot_top1_per_epoch(results: SweepResults, path: Path) -> Path | None:
 
 
 def plot_top1_vs_glimpses(results: SweepResults, path: Path) -> Path | None:
-    """Final test top-1 against glimpse count, mean ± std over the other keys and seeds (Figure 4)."""
+    """Final test top-1 against glimpse count: the mean over the other keys and seeds with its 95%
+    confidence interval (Student's t; none for a single trial), and each trial as a dot (Figure 4)."""
     by_count: dict[int, list[float]] = {}
     for trial in results.with_status("completed"):
         count = results.value(trial, "model.glimpses")
@@ -158,11 +162,14 @@ def plot_top1_vs_glimpses(results: SweepResults, path: Path) -> Path | None:
         return None
     counts = sorted(by_count)
     stats = [mean_std_max(by_count[c]) for c in counts]
+    intervals = [arm_stats(by_count[c]) for c in counts]
+    below = [s.mean - s.ci_low if s.ci_low is not None else 0.0 for s in intervals]
+    above = [s.ci_high - s.mean if s.ci_high is not None else 0.0 for s in intervals]
     figure, axes = _new_figure(7.0, 4.8)
     for count in counts:
         axes.plot([count] * len(by_count[count]), by_count[count], ".", color="C0", alpha=0.35)
-    axes.errorbar(counts, [s[0] for s in stats], yerr=[s[1] or 0.0 for s in stats], marker="o", color="C0",
-                  capsize=4, linewidth=2, label="this run: mean ± std (dots: trials)")
+    axes.errorbar(counts, [s[0] for s in stats], yerr=[below, above], marker="o", color="C0",
+                  capsize=4, linewidth=2, label="this run: mean, 95% CI of the mean (dots: trials)")
     for count, (mean, _, _) in zip(counts, stats, strict=True):
         axes.annotate(f"n={len(by_count[count])}", (count, mean), textcoords="offset points", xytext=(6, -12),
                       fontsize=7, color="0.35")

@@ -32,7 +32,9 @@ from rsam_dist.report.analysis import (
     is_sampled,
     mean_std_max,
 )
+from rsam_dist.report.evidence import section_differences, section_time, verdict_lines
 from rsam_dist.report.figures import FIG_GLIMPSES, FIG_PER_EPOCH, FIG_SEARCH
+from rsam_dist.report.stats import arm_stats
 from rsam_dist.sweep.config import Distribution
 from rsam_dist.sweep.results import HISTORY_FILE, RESULTS_FILE, STATUSES, SWEEP_FILE, SweepResults
 
@@ -87,15 +89,18 @@ def _section_arms(results: SweepResults) -> list[str]:
     rows = []
     for values, trials in arms.items():
         mean, std, best = mean_std_max(final_top1(trials))
+        interval = arm_stats(final_top1(trials))
         completed = sum(t.status == "completed" for t in trials)
         rows.append([
             arm_label(keys, values), str(completed), str(len(trials) - completed),
             format_top1(mean), "—" if std is None else f"{100 * std:.2f}", format_top1(best), epoch_range(trials),
+            "—" if interval.ci_low is None else f"{format_top1(interval.ci_low)} to {format_top1(interval.ci_high)}",
         ])
     lines += _table(["arm", "completed", "stopped early", "mean final top-1", "std (pp)", "best final top-1",
-                     "epochs run"], rows)
+                     "epochs run", "95% CI of the mean"], rows)
     notes = [
-        "Final top-1 is the test top-1 after a trial's last epoch; mean, std (sample std, in percentage points) "
+        "Final top-1 is the test top-1 after a trial's last epoch; mean, std (sample std, in percentage points), "
+        "the 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom) "
         "and best are over the arm's completed trials (its seeds"
         + (", and the values of the continuous keys" if is_sampled(results) and keys else "") + ").",
     ]
@@ -205,7 +210,8 @@ def _paper_notes(results: SweepResults) -> list[str]:
 
 def _section_paper(results: SweepResults, names: set[str]) -> list[str]:
     table = _table(["setting", "paper", "this run"], _paper_rows(results, names))
-    return ["", "## Comparison with the paper", "", *table, "", *(f"- {note}" for note in _paper_notes(results))]
+    return ["", "## Comparison with the paper", "", *verdict_lines(results), "", *table, "",
+            *(f"- {note}" for note in _paper_notes(results))]
 
 
 def _section_figures(results: SweepResults, names: set[str]) -> list[str]:
@@ -237,8 +243,10 @@ def render_markdown(results: SweepResults, figures: list[Path]) -> str:
         "",
         *_section_what_ran(results),
         *_section_arms(results),
+        *section_differences(results),
         *_section_best(results),
         *_section_paper(results, names),
+        *section_time(results),
         *_section_figures(results, names),
         "## TensorBoard",
         "",

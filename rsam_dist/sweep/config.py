@@ -6,7 +6,7 @@
     search:
       model.glimpses: {grid: [1, 2, 3, 4, 5, 6, 7, 8]}
       optim.lr: {loguniform: [0.001, 0.1]}
-    seeds: [0]
+    seeds: [0]                           # or a count: `seeds: 5` is [0, 1, 2, 3, 4]
     algorithm: grid                      # grid | random | optuna (TPE)
     scheduler: {type: fifo}              # or {type: asha, grace_period: 2, reduction_factor: 2}
     trial: {num_workers: 1, gpus_per_worker: 0.25}
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rsam_dist.config import (
     Config,
@@ -125,7 +125,7 @@ class SweepConfig(Section):
     """Overrides applied to the base config, as with --set."""
     search: dict[str, Distribution] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """Each configuration runs once per seed (train.seed)."""
+    """Each configuration runs once per seed (train.seed). A list, or a count: `seeds: 5` is 0..4."""
     num_samples: int = Field(1, ge=1)
     """Samples drawn by random/optuna; with grid keys, each grid point is repeated this often."""
     algorithm: Literal["grid", "random", "optuna"] = "grid"
@@ -135,6 +135,16 @@ class SweepConfig(Section):
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Trials at once; by default as many as the cluster's CPUs (or GPUs) fit."""
     trial: TrialResources = TrialResources()
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, value: Any) -> Any:
+        """`seeds: N` (a count, for replication) means seeds 0..N-1."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return value  # a list (or a mistake the list type reports)
+        if value < 1:
+            raise ValueError(f"a count of seeds must be at least 1 (got {value})")
+        return list(range(value))
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> SweepConfig:

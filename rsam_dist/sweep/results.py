@@ -4,7 +4,10 @@
         sweep.yaml            the resolved sweep, read back through `load_sweep` (report, --resume, trials)
         trials/<trial_id>/    each trial's run directory (config.yaml, metrics.jsonl, checkpoints, tensorboard/)
         results.csv           one row per trial: trial_id, status, epochs_run, epochs_planned, the searched
-                              keys and train.seed, final_<metric> for each history metric, best_test_top1, run_dir
+                              keys and train.seed, final_<metric> for each history metric, best_test_top1,
+                              seconds and gpu_hours (measured) beside estimated_seconds and
+                              estimated_gpu_hours (from plan.yaml), run_dir
+        plan.yaml             the plan made before the sweep started (rsam_dist.plan.record)
         history.csv           one row per trial and epoch: trial_id, epoch, each history metric
         best_config.yaml      the best trial's training config, ready for `rsam-dist train`
 
@@ -42,6 +45,9 @@ TRIALS_DIR = "trials"
 FINAL_PREFIX = "final_"
 """results.csv's column of a history metric's value after a trial's last epoch: final_<metric>."""
 
+TIME_COLUMNS = ("seconds", "gpu_hours", "estimated_seconds", "estimated_gpu_hours")
+"""results.csv's measured time of each trial beside the plan's estimate (GPU-hours follow from the seconds)."""
+
 TrialStatus = Literal["completed", "stopped_early", "error", "pending"]
 STATUSES: tuple[str, ...] = get_args(TrialStatus)
 
@@ -72,6 +78,10 @@ class TrialResult(BaseModel):
     run_dir: str
     history: list[EpochRecord] = []
     """Every finished epoch, in order."""
+    seconds: float | None = None
+    """Measured: from the trial's start to its last report (Tune's time_total_s)."""
+    estimated_seconds: float | None = None
+    """What `rsam-dist plan` estimated before the sweep (plan.yaml), if it did."""
 
 
 def trial_run(sweep_dir: str | Path, trial_id: str) -> RunDir:
@@ -95,8 +105,11 @@ def collect_results(sweep: ResolvedSweep) -> list[TrialResult]:
     """
     from ray.tune import ExperimentAnalysis  # only after a sweep ran: reading results needs no Ray
 
+    from rsam_dist.plan.record import estimated_seconds, read_plan_record
+
     trials = []
     keys = param_keys(sweep)
+    plan = read_plan_record(sweep.directory)
     for experiment in sorted(sweep.directory.glob("tune*")):
         if not experiment.is_dir():
             continue
@@ -107,7 +120,10 @@ def collect_results(sweep: ResolvedSweep) -> list[TrialResult]:
         for trial in analysis.trials:
             run = trial_run(sweep.directory, trial.trial_id)
             params = {key: trial.config.get(key) for key in keys}
-            trials.append(_trial_result(trial.trial_id, trial.status, params, read_metrics(run), run, sweep))
+            result = _trial_result(trial.trial_id, trial.status, params, read_metrics(run), run, sweep)
+            result.seconds = (trial.last_result or {}).get("time_total_s")
+            result.estimated_seconds = estimated_seconds(plan, params)
+            trials.append(result)
     return trials
 
 
@@ -140,8 +156,8 @@ def write_results(sweep: ResolvedSweep, trials: list[TrialResult]) -> None:
     keys = param_keys(sweep)
     finals = _union(trial.final for trial in trials)
     results_columns = ["trial_id", "status", "epochs_run", "epochs_planned", *keys,
-                       *(FINAL_PREFIX + name for name in finals), "best_test_top1", "run_dir"]
-    _write_csv(directory / RESULTS_FILE, results_columns, [_results_row(trial, keys) for trial in trials])
+                       *(FINAL_PREFIX + name for name in finals), "best_test_top1", *TIME_COLUMNS, "run_dir"]
+    _write_csv(directory / RESULTS_FILE, results_columns, [_results_row(trial, keys, sweep) for trial in trials])
     metrics = _union(record.metrics for trial in trials for record in trial.history)
     history_rows = [{"trial_id": trial.trial_id, "epoch": record.epoch, **record.metrics}
                     for trial in trials for record in trial.history]
@@ -153,12 +169,18 @@ def write_results(sweep: ResolvedSweep, trials: list[TrialResult]) -> None:
         write_bytes(str(directory / BEST_CONFIG_FILE), (header + config.to_yaml()).encode())
 
 
-def _results_row(trial: TrialResult, keys: list[str]) -> dict[str, Any]:
+def _results_row(trial: TrialResult, keys: list[str], sweep: ResolvedSweep) -> dict[str, Any]:
+    from rsam_dist.plan.record import gpu_hours
+
     return {
         "trial_id": trial.trial_id, "status": trial.status, "epochs_run": trial.epochs_run,
         "epochs_planned": trial.epochs_planned, **{key: trial.params.get(key) for key in keys},
         **{FINAL_PREFIX + name: value for name, value in trial.final.items()},
-        "best_test_top1": trial.best_test_top1, "run_dir": trial.run_dir,
+        "best_test_top1": trial.best_test_top1,
+        "seconds": trial.seconds, "gpu_hours": gpu_hours(sweep.spec, trial.seconds),
+        "estimated_seconds": trial.estimated_seconds,
+        "estimated_gpu_hours": gpu_hours(sweep.spec, trial.estimated_seconds),
+        "run_dir": trial.run_dir,
     }
 
 
@@ -295,6 +317,7 @@ def load_sweep_results(sweep_dir: str | Path) -> SweepResults:
             "params": {key: _parse(adapter, row[key], results_path, number, key) if row[key] else None
                        for key, adapter in adapters.items() if key in row},
             "history": sorted(histories.get(row["trial_id"], []), key=lambda record: record.epoch),
+            "seconds": row.get("seconds") or None, "estimated_seconds": row.get("estimated_seconds") or None,
         }
         trials.append(_parse(TrialResult, fields, results_path, number))
     return SweepResults(directory=directory, sweep=sweep, trials=trials, has_history=history_path.is_file())
