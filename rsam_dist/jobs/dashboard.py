@@ -14,10 +14,6 @@ job registry) is refused before any connection (`safe_address`).
 Also here, for every client-side use of Ray in rsam_dist.jobs: the `ray` executable beside this
 Python, the one line of a `ray` command's output that says what went wrong, quieting Ray's
 client-side loggers, and `poll`.
-
-Also here, for every client-side use of Ray in rsam_dist.jobs: the `ray` executable beside this
-Python, the one line of a `ray` command's output that says what went wrong, quieting Ray's
-client-side loggers, and `poll`.
 """
 
 from __future__ import annotations
@@ -45,6 +41,12 @@ from rsam_dist.errors import UserError
 from rsam_dist.ray_cluster import set_ray_environment
 
 PORT_FORWARD_TIMEOUT_S = 90.0
+DASHBOARD_TIMEOUT_S = 20.0
+"""Seconds any Jobs API request may wait to connect, and then for an answer: a dashboard that
+accepts connections but never replies would otherwise hang a command for ever.
+$RSAM_DIST_DASHBOARD_TIMEOUT_S overrides it (the fault tests shorten it)."""
+UPLOAD_TIMEOUT_S = 300.0
+"""The wait for an answer to the upload of the job's files (the cluster stores them first)."""
 # Ray's client-side loggers. The two SDK ones and ray.autoscaler set their own levels, so quieting
 # "ray" alone is not enough.
 QUIET_LOGGERS = (
@@ -238,14 +240,40 @@ def use_token_auth() -> None:
 
 
 def job_client(url: str):
-    """A JobSubmissionClient for `url`, or a one-line UserError if nothing answers there."""
+    """A JobSubmissionClient for `url` whose every request has a timeout (Ray's have none), or a
+    one-line UserError if nothing answers there."""
     use_token_auth()
     from ray.job_submission import JobSubmissionClient  # after use_token_auth: Ray reads it at import
 
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, method, endpoint, **kwargs):
+            # Every public call (and the version check in __init__) goes through here.
+            read_s = UPLOAD_TIMEOUT_S if kwargs.get("data") is not None else dashboard_timeout_s()
+            kwargs.setdefault("timeout", (dashboard_timeout_s(), read_s))
+            return super()._do_request(method, endpoint, **kwargs)
+
     try:
-        return JobSubmissionClient(url)
+        return TimedJobSubmissionClient(url)
     except Exception as err:  # noqa: BLE001 - ConnectionError, requests errors, auth errors
+        if is_timeout(err):
+            raise UserError(f"the Ray dashboard at {url} did not answer within {dashboard_timeout_s():g} s: "
+                            "check that --address is the dashboard (port 8265) and that the cluster's head is "
+                            "healthy") from None
         detail = one_line(err, 160)
         hint = "check ~/.ray/auth_token matches the cluster's" if "auth" in detail.lower() else (
             "start the cluster with `ray up CLUSTER.yaml` (or `ray start --head`) or check --address")
         raise UserError(f"cannot reach the Ray dashboard at {url}: {hint} ({detail})") from None
+
+
+def dashboard_timeout_s() -> float:
+    """DASHBOARD_TIMEOUT_S, or $RSAM_DIST_DASHBOARD_TIMEOUT_S when set to a positive number."""
+    try:
+        value = float(os.environ["RSAM_DIST_DASHBOARD_TIMEOUT_S"])
+    except (KeyError, ValueError):
+        return DASHBOARD_TIMEOUT_S
+    return value if 0 < value < float("inf") else DASHBOARD_TIMEOUT_S
+
+
+def is_timeout(err: BaseException) -> bool:
+    """Whether `err` is a request that ran out of time (requests' Timeout is no TimeoutError)."""
+    return isinstance(err, TimeoutError) or type(err).__name__ in ("Timeout", "ReadTimeout", "ConnectTimeout")

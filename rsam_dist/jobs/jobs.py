@@ -46,7 +46,9 @@ from rsam_dist.errors import UserError
 from rsam_dist.jobs.cluster_file import has_worker_nodes, validate_cluster_file
 from rsam_dist.jobs.dashboard import (
     check_cluster_options,
+    dashboard_timeout_s,
     dashboard_url,
+    is_timeout,
     job_client,
     one_line,
     poll,
@@ -65,6 +67,8 @@ JobKind = Literal["train", "sweep"]
 FINISHED_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 """Ray's job statuses after which nothing changes any more."""
 STOP_TIMEOUT_S = 60.0
+FOLLOW_CHECK_S = 30.0
+"""`logs --follow`: seconds of silence after which the dashboard and the job's status are checked."""
 REGISTRY_LOCK_TIMEOUT_S = 30.0
 """How long a submit waits for another one's registry update (a few milliseconds each)."""
 
@@ -177,7 +181,10 @@ def call_job_client(what: str, job_id: str, function: Callable[[], Any]) -> Any:
         if "does not exist" in text or "404" in text:
             raise UserError(f"job {job_id} does not exist on that cluster") from None
         raise UserError(f"{what} {job_id}: {one_line(text, 200)}") from None
-    except OSError as err:  # ConnectionError, requests' and aiohttp's connection errors
+    except OSError as err:  # ConnectionError, requests' and aiohttp's connection errors and timeouts
+        if is_timeout(err):
+            raise UserError(f"{what} {job_id}: the Ray dashboard did not answer within {dashboard_timeout_s():g} s; "
+                            "check that the cluster's head is healthy") from None
         raise UserError(f"{what} {job_id}: lost the Ray dashboard ({one_line(err, 160)})") from None
 
 
@@ -365,16 +372,37 @@ def job_logs(job_id: str, follow: bool = False, address: str | None = None, clus
     with job_client_for(job_id, address, cluster) as client:
         if not follow:
             return call_job_client("logs of", job_id, lambda: client.get_job_logs(job_id))
-
-        async def tail() -> None:
-            async for chunk in client.tail_job_logs(job_id):
-                write(chunk)
-
+        # Ray's log stream (a websocket) has no timeout: ask for the status first, so a dashboard
+        # that does not answer fails in dashboard_timeout_s(), and again whenever the stream is quiet.
+        call_job_client("status of", job_id, lambda: client.get_job_status(job_id))
         try:
-            call_job_client("logs of", job_id, lambda: asyncio.run(tail()))
+            call_job_client("logs of", job_id, lambda: asyncio.run(_follow(client, job_id, write)))
         except KeyboardInterrupt:  # stop following; the job itself keeps running
             write("\n(stopped following; the job keeps running)\n")
         return None
+
+
+async def _follow(client: Any, job_id: str, write: Callable[[str], Any]) -> None:
+    """Stream the job's output through `write` until it ends; every FOLLOW_CHECK_S of silence,
+    check that the dashboard still answers (a timed request) and that the job still runs."""
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            write(chunk)
+
+    streaming = asyncio.ensure_future(tail())
+    finished_checks = 0
+    try:
+        while True:
+            done, _ = await asyncio.wait({streaming}, timeout=FOLLOW_CHECK_S)
+            if done:
+                return streaming.result()
+            status = str(await asyncio.to_thread(client.get_job_status, job_id))
+            finished_checks = finished_checks + 1 if status in FINISHED_STATUSES else 0
+            if finished_checks >= 2:  # ended, yet the stream never closed
+                return None
+    finally:
+        streaming.cancel()
 
 
 def stop_job(job_id: str, address: str | None = None, cluster: str | None = None,
