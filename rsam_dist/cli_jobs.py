@@ -91,7 +91,8 @@ def stop(job_id, cluster, address) -> None:
                    "rsync-down` (quote a '~/...' path so it means the head's home).")
 @click.option("--out", "target", type=click.Path(file_okay=False),
               help="Where to gather the event files (default ~/.rsam-dist/tensorboard/NAME).")
-@click.option("--port", default=6006, show_default=True, help="TensorBoard's port on 127.0.0.1.")
+@click.option("--port", type=click.IntRange(1, 65535), default=6006, show_default=True,
+              help="TensorBoard's port on 127.0.0.1.")
 @click.option("--no-launch", is_flag=True, help="Only collect the files and print the command.")
 def tensorboard(source, job_id, cluster, target, port, no_launch) -> None:
     """Gather a run's or sweep's event files into one directory and start TensorBoard on it."""

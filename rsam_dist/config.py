@@ -10,6 +10,7 @@ what is allowed.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,11 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._=-]*$"
 """Run and sweep names: one path component, never `.`/`..`, nothing a shell or URI treats specially."""
 SHOWN_VALUE_CHARS = 100
 """Error messages quote at most this much of a value (a YAML alias bomb expands to megabytes)."""
+KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$|^[0-9]{1,6}$")
+"""What a config key (or a list index) looks like. A key that does not is never quoted back: a
+file named by mistake (/etc/shadow as `base:`) parses as a mapping whose first key is its first
+line."""
+
 
 
 DEBUG_MODEL = ("model.hidden_size=64", "model.glimpses=2")
@@ -246,6 +252,11 @@ def describe_validation_error(model: type[BaseModel], err: ValidationError) -> s
     """One line for the first error: the dotted key, what was wrong, what is allowed."""
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
+    if not all(KEY_NAME.match(part) for part in loc):
+        where = ".".join(part for part in loc[:-1] if KEY_NAME.match(part)) or "the top level"
+        allowed = ", ".join(_allowed_keys(model, loc[:-1])) or "none"
+        return (f"a key that is not a config key name at {where} (not shown; is this a config file?); "
+                f"allowed there: {allowed}")
     key = (".".join(loc) or "(top level)")[:SHOWN_VALUE_CHARS]
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])

@@ -83,10 +83,10 @@ class RunDir:
         return "/".join([self.path, *parts])
 
     @property
-    def tensorboard(self) -> Path:
-        """Event files go beside the run on a local disk; for a URI run, under ./runs/<name>/."""
-        base = self.local or Path("runs") / self.name
-        return base / TENSORBOARD_DIR
+    def tensorboard(self) -> str:
+        """Where the run's event files go: its tensorboard/ folder, on a local disk or the URI's
+        storage (TensorBoardLogger stages them locally and uploads them after each epoch)."""
+        return self.file(TENSORBOARD_DIR)
 
     def __str__(self) -> str:
         return self.path
@@ -155,16 +155,28 @@ def code_version() -> dict[str, Any]:
 
 
 def append_metrics(run: RunDir, metrics: dict[str, float]) -> None:
-    """One JSON line per epoch (local runs only): the run's own record, which sweeps read back
-    whatever Tune kept of an interrupted and restored trial. One write of one whole line, flushed
-    and synced, so a crash leaves at most a torn last line, which `read_metrics` skips."""
+    """One JSON line per epoch: the run's own record, which sweeps read back whatever Tune kept of
+    an interrupted and restored trial.
+
+    On a local disk: one write of one whole line, flushed and synced, so a crash leaves at most a
+    torn last line, which `read_metrics` skips; the next line starts on a line of its own. On a
+    URI (object stores cannot append): the file is read, extended and written back whole, by rank 0,
+    its only writer.
+    """
+    line = (json.dumps(metrics) + "\n").encode()
     directory = run.local
     if directory is None:
+        before = read_bytes(run.file(METRICS_FILE)) or b""
+        if before and not before.endswith(b"\n"):
+            before += b"\n"
+        write_bytes(run.file(METRICS_FILE), before + line)
         return
     directory.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(metrics) + "\n").encode()
-    descriptor = os.open(directory / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    descriptor = os.open(directory / METRICS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(descriptor).st_size
+        if size and os.pread(descriptor, 1, size - 1) != b"\n":
+            line = b"\n" + line  # after a torn line: never glue this epoch onto it
         os.write(descriptor, line)
         os.fsync(descriptor)
     finally:
@@ -172,22 +184,42 @@ def append_metrics(run: RunDir, metrics: dict[str, float]) -> None:
 
 
 def read_metrics(run: RunDir | str | Path) -> list[dict[str, float]]:
-    """Every epoch's metrics, one per epoch (the last report of a redone epoch); torn lines skipped."""
-    directory = run.local if isinstance(run, RunDir) else Path(run)
-    path = directory / METRICS_FILE if directory is not None else None
-    if path is None or not path.is_file():
+    """Every epoch's metrics, one per epoch (the last report of a redone epoch). Lines that are not
+    a whole epoch record (torn by a crash, blank, edited into non-numbers) are skipped."""
+    if isinstance(run, RunDir) and run.local is None:
+        payload = read_bytes(run.file(METRICS_FILE))
+    else:
+        path = (run.local if isinstance(run, RunDir) else Path(run)) / METRICS_FILE
+        payload = path.read_bytes() if path.is_file() else None
+    if not payload:
         return []
     by_epoch = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in payload.decode(errors="replace").splitlines():
         try:
             metrics = json.loads(line)
-            by_epoch[int(metrics["epoch"])] = metrics
-        except (ValueError, KeyError, TypeError):
-            continue  # a line torn by a crash mid-write, or blank
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
+            if numbers:
+                by_epoch[int(metrics["epoch"])] = metrics
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 # --- state files (local paths or URIs, through pyarrow's filesystems as Ray's storage is) -----
+
+
+def read_bytes(source: str) -> bytes | None:
+    """The bytes of the file `source` (a local path or a URI), or None when there is none."""
+    if not is_uri(source):
+        path = Path(source)
+        return path.read_bytes() if path.is_file() else None
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(source)
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.readall()
 
 
 def write_bytes(target: str, payload: bytes) -> None:
@@ -196,6 +228,9 @@ def write_bytes(target: str, payload: bytes) -> None:
         import pyarrow.fs
 
         filesystem, path = pyarrow.fs.FileSystem.from_uri(target)
+        if isinstance(filesystem, pyarrow.fs.LocalFileSystem):  # file://: the local disk, atomically
+            write_bytes(path, payload)
+            return
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with filesystem.open_output_stream(path) as stream:  # object stores commit on close
             stream.write(payload)

@@ -5,10 +5,16 @@ Tags: `train/loss`, `train/lr`, `test/top1`, `test/top1_glimpse_<i>`, `speed/ima
 probe image with every glimpse's mask and what it saw, labelled: the paper's Figure 1); the resolved
 config as text; and an hparams summary (config -> final metrics) for TensorBoard's HParams view.
 The step is the 1-based epoch.
+
+On URI storage (s3://, file://...) the writer writes into a local staging folder, and the event
+files are uploaded into the run's tensorboard/ after each epoch and on close, so that
+`rsam-dist tensorboard s3://...` finds them.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -17,6 +23,7 @@ from torch.utils.tensorboard.summary import hparams
 from rsam_dist.config import Config
 from rsam_dist.data import CLASS_NAMES
 from rsam_dist.metrics import lookup
+from rsam_dist.runs import is_uri, write_bytes
 from rsam_dist.training import EpochResult
 
 FIGURE1_TAG = "masks/figure1"
@@ -38,13 +45,25 @@ def flat_hparams(config: Config) -> dict[str, float | int | str | bool]:
 
 
 class TensorBoardLogger:
-    """Writes one run's event files into `log_dir`. Open it on rank 0 only."""
+    """Writes one run's event files into `log_dir` (a local folder or a URI). Open it on rank 0 only."""
 
     def __init__(self, log_dir: str | Path, config: Config):
         self.config = config
-        self.writer = SummaryWriter(str(log_dir))
+        self.destination = str(log_dir)
+        # Object stores cannot append: event files grow in a local folder and are copied up whole.
+        self.staging = Path(tempfile.mkdtemp(prefix="rsam-tensorboard-")) if is_uri(self.destination) else None
+        self.writer = SummaryWriter(str(self.staging or log_dir))
         self.writer.add_text("config", "```yaml\n" + config.to_yaml() + "\n```", 0)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write out what was logged, and on URI storage upload the event files."""
         self.writer.flush()
+        if self.staging is None:
+            return
+        for event_file in sorted(self.staging.rglob("events.out.tfevents.*")):
+            relative = event_file.relative_to(self.staging).as_posix()
+            write_bytes(f"{self.destination.rstrip('/')}/{relative}", event_file.read_bytes())
 
     def log_epoch(self, result: EpochResult) -> None:
         step = result.epoch + 1
@@ -54,7 +73,7 @@ class TensorBoardLogger:
                 self.writer.add_scalar(tag, value, step)
         if result.masks is not None and result.probe_predictions is not None:
             self._log_figure1(result, step)
-        self.writer.flush()
+        self.flush()
 
     def _log_figure1(self, result: EpochResult, step: int) -> None:
         from rsam_dist.figure1 import render_figure1
@@ -75,7 +94,12 @@ class TensorBoardLogger:
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, final.get("epoch", 0))
-        self.writer.flush()
+        self.flush()
 
     def close(self) -> None:
         self.writer.close()
+        if self.staging is not None:
+            try:
+                self.flush()  # the last events, written out by close
+            finally:
+                shutil.rmtree(self.staging, ignore_errors=True)

@@ -1,5 +1,5 @@
 """Every cluster file passes Ray's own schema and our security/install rules; bad ones fail in one
-line."""
+line. Token auth and the dashboard host are read from each command as the shell would run it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from rsam_dist.cli import main
 from rsam_dist.errors import UserError
 from rsam_dist.jobs.cluster_file import describe_cluster_file, has_worker_nodes, validate_cluster_file
+from rsam_dist.jobs.start_commands import UNKNOWN, UnclearCommand, ray_starts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = sorted((REPO_ROOT / "cluster").glob("*.yaml"))
@@ -176,3 +177,90 @@ def test_validate_cli_prints_one_line_and_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "8265" in result.stderr
+
+
+# --- token auth and the dashboard, read from the command as the shell runs it --------------------
+
+
+def worker_start(*commands: str):
+    return lambda c: c.update(worker_start_ray_commands=list(commands))
+
+
+def head_start(*commands: str):
+    return lambda c: c.update(head_start_ray_commands=list(commands))
+
+
+BAD_START = {
+    # T29: the string holds RAY_AUTH_MODE=token, but not where `ray start` runs.
+    "token-only-echoed": (worker_start("RAY_AUTH_MODE=disabled ray start --address=$RAY_HEAD_IP:6379; "
+                                       "echo RAY_AUTH_MODE=token"), "RAY_AUTH_MODE is 'disabled'"),
+    # Each entry runs in its own shell: an export in one never reaches the next.
+    "token-exported-in-another-command": (
+        worker_start("export RAY_AUTH_MODE=token", "ray start --address=$RAY_HEAD_IP:6379"), "is unset"),
+    "token-set-but-not-exported": (
+        worker_start("RAY_AUTH_MODE=token; ray start --address=$RAY_HEAD_IP:6379"), "is unset"),
+    "token-export-may-be-skipped": (
+        worker_start("test -f /nope && export RAY_AUTH_MODE=token; ray start --address=$RAY_HEAD_IP:6379"),
+        "not known for sure"),
+    "token-unset-again": (worker_start("export RAY_AUTH_MODE=token; unset RAY_AUTH_MODE; ray start "
+                                       "--address=$RAY_HEAD_IP:6379"), "is unset"),
+    "token-in-a-subshell-only": (worker_start("(export RAY_AUTH_MODE=token); ray start --address=$RAY_HEAD_IP:6379"),
+                                 "is unset"),
+    "token-env-unset": (worker_start("RAY_AUTH_MODE=token env -u RAY_AUTH_MODE ray start --address=x:6379"),
+                        "is unset"),
+    "ray-start-inside-bash-c": (worker_start("bash -c 'RAY_AUTH_MODE=token ray start --address=x:6379'"),
+                                "cannot tell whether `ray start` runs with token auth"),
+    "ray-start-in-setup-commands": (lambda c: c.update(setup_commands=[*c["setup_commands"], "ray start --head"]),
+                                    "without token auth"),
+    "dashboard-host-quoted": (head_start("ray stop", 'RAY_AUTH_MODE=token ray start --head --dashboard-host "0.0.0.0"'),
+                              "dashboard on all interfaces"),
+    "dashboard-host-public-address": (
+        head_start("RAY_AUTH_MODE=token ray start --head --dashboard-host=203.0.113.7"), "dashboard on 203.0.113.7"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_START))
+def test_ray_start_without_token_auth_in_force_fails(tmp_path, case):
+    mutate, expected = BAD_START[case]
+    config = good_config()
+    mutate(config)
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError) as caught:
+        validate_cluster_file(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(str(path)) and expected in message, message
+
+
+@pytest.mark.parametrize("command", [
+    "export RAY_AUTH_MODE=token && ray start --address=$RAY_HEAD_IP:6379",
+    "export RAY_AUTH_MODE=token\nulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379",
+    "ulimit -n 65536; env RAY_AUTH_MODE=token ~/rsam-venv/bin/ray start --address=$RAY_HEAD_IP:6379 2>&1 | tee log",
+    "RAY_AUTH_MODE=disabled; export RAY_AUTH_MODE=token; ray start --address=$RAY_HEAD_IP:6379  # ray start",
+])
+def test_token_auth_written_other_ways_passes(tmp_path, command):
+    config = good_config()
+    config["worker_start_ray_commands"] = ["ray stop", command]
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(config))
+    validate_cluster_file(path)
+
+
+@pytest.mark.parametrize(("command", "modes"), [
+    ("RAY_AUTH_MODE=token ray start --head", ["token"]),
+    ("ray stop", []),
+    ("export RAY_AUTH_MODE=token | cat; ray start", [None]),             # a pipeline stage is a subshell
+    ("export RAY_AUTH_MODE=token & ray start", [None]),                  # so is a background job
+    ("if true; then export RAY_AUTH_MODE=token; fi; ray start", [UNKNOWN]),
+    ("source ~/.bashrc; ray start", [UNKNOWN]),
+    ("x=$(RAY_AUTH_MODE=token ray start); RAY_AUTH_MODE=disabled nohup ray start &", ["token", "disabled"]),
+    ("env -i ray start", [None]),
+])
+def test_ray_starts_follow_the_shell(command, modes):
+    assert [start.auth_mode for start in ray_starts(command)] == modes
+
+
+@pytest.mark.parametrize("command", ["sudo ray start", "`ray start`", "eval 'ray start'", "echo 'open", "ray stop)"])
+def test_commands_that_hide_ray_start_are_unclear(command):
+    with pytest.raises(UnclearCommand):
+        ray_starts(command)

@@ -27,7 +27,8 @@ import yaml
 from click.testing import CliRunner
 
 from rsam_dist.cli import main
-from rsam_dist.jobs.dashboard import free_port, job_client, poll, use_token_auth
+from rsam_dist.errors import UserError
+from rsam_dist.jobs.dashboard import free_port, job_client, poll, safe_address, use_token_auth
 from rsam_dist.jobs.jobs import (
     FINISHED_STATUSES,
     JobRecord,
@@ -97,7 +98,7 @@ def test_submit_checks_the_config_before_contacting_anything(rsam_home):
 def test_submit_refuses_files_outside_the_project(rsam_home, tmp_path):
     outside = tmp_path / "c.yaml"
     outside.write_text("train: {epochs: 1}\n")
-    result = CliRunner().invoke(main, ["submit", "train", str(outside), "--address", "http://x:1"])
+    result = CliRunner().invoke(main, ["submit", "train", str(outside), "--address", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "outside the project" in result.stderr
 
 
@@ -143,6 +144,184 @@ def test_poll_returns_the_first_result_that_holds_or_the_last_one():
     assert poll(lambda: calls.append(1) or len(calls), lambda n: n == 3, timeout_s=5, interval_s=0) == 3
     assert len(calls) == 3
     assert poll(lambda: "RUNNING", lambda s: s in FINISHED_STATUSES, timeout_s=0.05, interval_s=0.01) == "RUNNING"
+
+
+# --- the cluster edge: where the token goes, what a job uploads ----------------------------------
+
+
+@pytest.fixture
+def no_connections(monkeypatch) -> list:
+    """Every connection attempted from this process (each one refused)."""
+    import socket
+
+    attempts = []
+
+    def refuse(self, address, *args):
+        attempts.append(address)
+        raise ConnectionRefusedError(f"test: no connection allowed to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize("command", [
+    ["submit", "train", str(REPO_ROOT / "configs" / "digits.yaml")], ["status", "some-job"],
+    ["logs", "some-job"], ["stop", "some-job"],
+])
+def test_plain_http_to_another_machine_is_refused_before_connecting(rsam_home, no_connections, command):
+    # 192.0.2.1 is TEST-NET-1: nothing answers there, and nothing is sent.
+    result = CliRunner().invoke(main, [*command, "--address", "http://192.0.2.1:8265"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "plain http to another machine" in result.stderr and "--cluster FILE" in result.stderr
+    assert "https://" in result.stderr
+    assert no_connections == []
+
+
+def test_a_recorded_plain_http_address_is_not_replayed(rsam_home, no_connections):
+    save_record(JobRecord(job_id="rsam-train-old", kind="train", file="configs/digits.yaml",
+                          remote_dir="/tmp/old", address="http://192.0.2.1:8265"))
+    result = CliRunner().invoke(main, ["status", "rsam-train-old"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "job rsam-train-old's recorded address http://192.0.2.1:8265: plain http" in result.stderr
+    assert no_connections == []
+
+
+@pytest.mark.parametrize("address", [
+    "http://127.0.0.1:8265", "127.0.0.1:8265", "http://localhost:8265/", "http://[::1]:8265", "http://127.8.9.1:1",
+    "https://ray.example.com:8443", "HTTPS://10.0.0.7",
+])
+def test_safe_addresses(address):
+    assert safe_address(address).lower().startswith(("http://", "https://"))
+
+
+@pytest.mark.parametrize(("address", "words"), [
+    ("http://10.0.0.7:8265", "plain http"), ("10.0.0.7:8265", "plain http"),
+    ("http://127.0.0.1.nip.io:8265", "plain http"), ("http://localhost.evil.example", "plain http"),
+    ("ray://127.0.0.1:10001", "not a dashboard URL"), ("http://127.0.0.1:99999", "not a dashboard URL"),
+    ("http://:8265", "not a dashboard URL"),
+])
+def test_unsafe_addresses(address, words):
+    with pytest.raises(UserError, match=words):
+        safe_address(address)
+
+
+def test_address_with_cluster_is_refused_before_anything_else(rsam_home):
+    # aws-multi-gpu.yaml has worker nodes: validating it would print a storage note first.
+    result = CliRunner().invoke(main, [
+        "submit", "train", str(REPO_ROOT / "configs" / "digits.yaml"), "--address", "http://127.0.0.1:9",
+        "--cluster", str(REPO_ROOT / "cluster" / "aws-multi-gpu.yaml"),
+    ])
+    assert result.exit_code == 2
+    assert result.stderr == "rsam-dist: error: give --address URL or --cluster FILE, not both\n"
+
+
+def fake_checkout(root: Path) -> Path:
+    """A project with the files a job needs and the secrets a checkout tends to collect."""
+    for relative in ["rsam_dist/__init__.py", "rsam_dist/jobs/jobs.py", "configs/digits.yaml", "sweeps/demo.yaml",
+                     "pyproject.toml", "requirements.lock",
+                     ".env", "id_rsa", "aws-credentials.yaml", "notes/todo.txt", "cluster/local.yaml",
+                     "configs/.env", "configs/deploy.pem", "configs/ssh.key", "rsam_dist/.secrets.yaml",
+                     "rsam_dist/__pycache__/jobs.cpython-311.pyc", "sweeps/credentials.json", ".git/config",
+                     "runs/r1/state.pt"]:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(f"{relative}\n")
+    outside = root.parent / "outside-secret.txt"
+    outside.write_text("secret\n")
+    (root / "configs" / "linked.yaml").symlink_to(outside)
+    return root
+
+
+SHIPPED_FILES = ["configs/digits.yaml", "pyproject.toml", "requirements.lock", "rsam_dist/__init__.py",
+                 "rsam_dist/jobs/jobs.py", "sweeps/demo.yaml"]
+
+
+def test_a_job_uploads_only_what_it_needs(tmp_path):
+    from rsam_dist.jobs.upload import shipped_files, staged_project
+
+    root = fake_checkout(tmp_path / "project")
+    assert [str(path) for path in shipped_files(root)] == SHIPPED_FILES
+    with staged_project(root) as staged:
+        uploaded = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+        assert uploaded == SHIPPED_FILES
+        assert (staged / "configs" / "digits.yaml").read_text() == "configs/digits.yaml\n"
+    assert not staged.exists()
+
+
+def test_submit_hands_ray_the_staged_project(rsam_home, tmp_path, monkeypatch):
+    import rsam_dist.jobs.jobs as jobs
+
+    root = fake_checkout(tmp_path / "project")
+    (root / "configs" / "digits.yaml").write_text((REPO_ROOT / "configs" / "digits.yaml").read_text())
+    monkeypatch.setattr(jobs, "project_root", lambda: root)
+    seen = {}
+
+    class Client:  # stands in for Ray's JobSubmissionClient: records what it would pack and upload
+        def submit_job(self, *, entrypoint, submission_id, runtime_env, metadata):
+            directory = Path(runtime_env["working_dir"])
+            seen["files"] = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+            seen["excludes"] = runtime_env.get("excludes")
+            return submission_id
+
+    monkeypatch.setattr(jobs, "job_client", lambda url: Client())
+    job_id = jobs.submit_job("train", root / "configs" / "digits.yaml", ["train.epochs=1"],
+                             address="http://127.0.0.1:8265")
+    assert seen == {"files": SHIPPED_FILES, "excludes": None}
+    assert load_registry()[job_id].address == "http://127.0.0.1:8265"
+
+
+@pytest.mark.parametrize(("relative", "words"), [
+    ("cluster/local.yaml", "jobs upload only"), ("configs/.env", "hidden"), ("configs/deploy.pem", "secret"),
+    ("notes/todo.txt", "jobs upload only"),
+])
+def test_submit_refuses_a_file_the_job_would_not_receive(rsam_home, tmp_path, monkeypatch, relative, words):
+    import rsam_dist.jobs.jobs as jobs
+
+    root = fake_checkout(tmp_path / "project")
+    monkeypatch.setattr(jobs, "project_root", lambda: root)
+    with pytest.raises(UserError, match=words):
+        jobs.plan_job("train", root / relative, [], "rsam-train-x")
+
+
+def test_a_sweep_base_outside_the_upload_is_refused(rsam_home, tmp_path, monkeypatch):
+    import rsam_dist.jobs.jobs as jobs
+
+    root = fake_checkout(tmp_path / "project")
+    (tmp_path / "base.yaml").write_text((REPO_ROOT / "configs" / "digits.yaml").read_text())
+    sweep = yaml.safe_load((REPO_ROOT / "sweeps" / "demo.yaml").read_text())
+    sweep["base"] = "../../base.yaml"
+    (root / "sweeps" / "demo.yaml").write_text(yaml.safe_dump(sweep))
+    monkeypatch.setattr(jobs, "project_root", lambda: root)
+    with pytest.raises(UserError, match="base: ../../base.yaml would not reach the job"):
+        jobs.plan_job("sweep", root / "sweeps" / "demo.yaml", [], "rsam-sweep-x")
+
+
+@pytest.mark.parametrize("runs", ["/tmp/a>b", "/tmp/a(b)", "~/x;y", "/tmp/*", "relative/dir", "/tmp/a\nb"])
+def test_remote_runs_must_be_a_plain_path(monkeypatch, runs):
+    from rsam_dist.jobs.jobs import remote_runs
+
+    monkeypatch.setenv("RSAM_DIST_REMOTE_RUNS", runs)
+    with pytest.raises(UserError, match="RSAM_DIST_REMOTE_RUNS"):
+        remote_runs()
+
+
+def _save_records(home: str, prefix: str, count: int) -> None:
+    os.environ["RSAM_DIST_HOME"] = home
+    for index in range(count):
+        save_record(JobRecord(job_id=f"{prefix}-{index}", kind="train", file="configs/digits.yaml", remote_dir="/x"))
+
+
+def test_concurrent_submits_keep_every_record(rsam_home):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # torch is already imported here
+    writers = [context.Process(target=_save_records, args=(str(rsam_home), f"w{n}", 20)) for n in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert [writer.exitcode for writer in writers] == [0, 0, 0]
+    assert len(load_registry()) == 60
 
 
 # --- starting and stopping our own Ray heads --------------------------------------------------
@@ -353,6 +532,21 @@ def test_train_job_succeeds_and_logs_its_epochs(train_job):
     assert "epoch   1/1" in logs and "final test top-1" in logs
     assert "epoch   1/1" in run("logs", train_job, "--follow")  # a finished job: prints and returns
     assert train_job in run("status")  # the registry lists it
+
+
+@pytest.mark.ray
+def test_the_job_received_only_the_shipped_files(train_job, ray_head):
+    # Ray unpacks the uploaded working_dir on the head: it holds the allow-list and nothing else
+    # (no tests/, cluster/, .git, README, nor anything untracked beside them).
+    from rsam_dist.jobs.upload import shipped_files
+
+    unpacked = [path for path in ray_head.temp_dir.rglob("working_dir_files/*") if path.is_dir()]
+    assert len(unpacked) == 1, unpacked
+    received = sorted(str(path.relative_to(unpacked[0])) for path in unpacked[0].rglob("*")
+                      if path.is_file() and "__pycache__" not in path.parts)
+    assert received == [str(path) for path in shipped_files(REPO_ROOT)]
+    assert {path.name for path in unpacked[0].iterdir()} <= {"rsam_dist", "configs", "sweeps", "pyproject.toml",
+                                                              "requirements.lock"}
 
 
 @pytest.mark.ray

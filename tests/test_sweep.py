@@ -137,6 +137,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         ({"search": {"optim.lr": {"grid": [0.1], "choice": [0.2]}}}, "exactly one of"),
         ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
         ({"base": "missing.yaml"}, "base config missing.yaml not found"),
+        # Every value is checked, not only the first: a later grid value, an upper bound, a clash.
+        ({"search": {"model.glimpses": {"grid": [1, 2, 65]}}}, "less than or equal to 64"),
+        ({"search": {"optim.momentum": {"uniform": [0.5, 1.0]}}, "algorithm": "random"}, "search.optim.momentum"),
+        ({"search": {"optim.batch_size": {"grid": [32, 33]}}, "trial": {"num_workers": 2}}, "must divide"),
+        ({"metric": "test_top1_glimpse_9"}, "test_top1_glimpse_9"),
+        ({"search": {"model.glimpses": {"grid": [1, 4]}}, "metric": "test_top1_glimpse_4"}, "1 glimpse"),
     ],
 )
 def test_bad_sweep_files_exit_2_with_one_line(tmp_path, fields, expected):
@@ -148,6 +154,18 @@ def test_bad_sweep_files_exit_2_with_one_line(tmp_path, fields, expected):
         assert len(lines) == 1 and expected in lines[0], result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "s").exists()  # nothing started
+
+
+def test_int_distribution_validates_and_draws_inclusive_integers(tmp_path):
+    from ray import tune
+
+    from rsam_dist.sweep.tune import param_space
+
+    sweep_file = write_sweep(tmp_path, search={"model.glimpses": {"int": [1, 3]}}, algorithm="random")
+    result = CliRunner().invoke(main, ["validate", str(sweep_file)])
+    assert result.exit_code == 0, result.output
+    domain = param_space(load_sweep(sweep_file).spec, {})["model.glimpses"]
+    assert isinstance(domain, tune.search.sample.Integer) and (domain.lower, domain.upper) == (1, 4)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda path: path.name)

@@ -11,7 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from rsam_dist.cli import main
+from rsam_dist.errors import UserError
 from rsam_dist.jobs.jobs import JobRecord, save_record
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -71,3 +74,49 @@ def test_a_job_on_another_machine_needs_its_cluster_file(rsam_home, tmp_path):
     result = CliRunner().invoke(main, ["tensorboard", "--job", "rsam-train-far", "--no-launch"])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "whose disk this machine cannot read" in result.stderr and "--cluster FILE" in result.stderr
+
+
+# --- what a source names is not trusted to pick local paths -------------------------------------
+
+
+@pytest.mark.parametrize("key", ["bucket/run/../x/events.out.tfevents.1", "bucket/run/a/../../events.out.tfevents.1",
+                                 "elsewhere/events.out.tfevents.1", "bucket/run"])
+def test_an_object_key_that_leaves_the_target_is_refused(tmp_path, key):
+    from rsam_dist.jobs.tensorboard import _inside
+
+    with pytest.raises(UserError, match="outside"):
+        _inside(tmp_path / "out", key, "bucket/run")
+
+
+def test_an_object_key_lands_under_the_target(tmp_path):
+    from rsam_dist.jobs.tensorboard import _inside
+
+    target = tmp_path / "out"
+    landed = _inside(target, "bucket/run/t1/tb/events.out.tfevents.1", "bucket/run")
+    assert landed == target / "t1" / "tb" / "events.out.tfevents.1"
+
+
+def test_a_symlinked_event_file_is_not_followed(rsam_home, tmp_path):
+    write_events(tmp_path / "run" / "tensorboard")
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY\n")
+    (tmp_path / "run" / "tensorboard" / "events.out.tfevents.0.link").symlink_to(secret)
+    out = tmp_path / "got"
+    result = CliRunner().invoke(main, ["tensorboard", str(tmp_path / "run"), "--out", str(out), "--no-launch"])
+    assert result.exit_code == 0, result.output
+    copied = list(out.rglob("events.out.tfevents.*"))
+    assert len(copied) == 1 and "PRIVATE KEY" not in copied[0].read_bytes().decode(errors="replace")
+
+
+@pytest.mark.parametrize("remote", ["~/runs; touch pwned", "~/a b", "$(id)", "-e ssh", "~/x`y`", "~/x\ny"])
+def test_a_head_path_with_shell_characters_is_refused_before_rsync(rsam_home, remote):
+    result = CliRunner().invoke(main, ["tensorboard", "--cluster", str(REPO_ROOT / "cluster" / "local.yaml"),
+                                       "--no-launch", "--", remote])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "letters, digits and . _ - /" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "-1"])
+def test_the_port_is_range_checked(rsam_home, tmp_path, port):
+    result = CliRunner().invoke(main, ["tensorboard", str(tmp_path), "--port", port, "--no-launch"])
+    assert result.exit_code == 2 and "1<=x<=65535" in result.stderr

@@ -8,9 +8,10 @@ Two layers, both run by `rsam-dist validate cluster/X.yaml`:
    it is exactly what `ray up` runs first; it needs no boto3 and no cloud account.
 2. Ours, on the *prepared* config (so a default that Ray fills in is checked too):
    - no security-group rule opens a port other than 22 to 0.0.0.0/0 or ::/0;
-   - the head's dashboard is not bound to 0.0.0.0 (Ray's AWS default is; reach it through
-     `ray dashboard FILE`, an SSH port-forward);
-   - every `ray start` runs with RAY_AUTH_MODE=token;
+   - the head's dashboard listens on loopback only (Ray's AWS default is 0.0.0.0; reach it
+     through `ray dashboard FILE`, an SSH port-forward);
+   - every `ray start` runs with RAY_AUTH_MODE=token in force: each command is parsed and the
+     variable followed through the shell (rsam_dist.jobs.start_commands), not searched for;
    - every node installs rsam-dist pinned: `pip install -r requirements.lock`, then
      `pip install --no-deps -e .`.
 
@@ -19,6 +20,7 @@ Every failure is a one-line UserError naming the file and the fix.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,15 @@ from typing import Any
 from rsam_dist.config import read_yaml
 from rsam_dist.errors import UserError
 from rsam_dist.jobs.dashboard import one_line, quiet_ray_logs
+from rsam_dist.jobs.start_commands import UNKNOWN, RayStart, UnclearCommand, ray_starts
 
 WORLD_CIDRS = {"0.0.0.0/0", "::/0"}
 SSH_PORT = 22
-_OPEN_DASHBOARD = re.compile(r"--dashboard-host[= ]+['\"]?(0\.0\.0\.0|::|\[::\]|0)['\"]?(\s|;|$)")
 _LOCK_INSTALL = re.compile(r"pip3? install\b[^;&|]*\s-r\s+\S*requirements\.lock\b")
 _EDITABLE_INSTALL = re.compile(r"pip3? install\b[^;&|]*--no-deps\b[^;&|]*\s-e\s+\S+")
-_TOKEN_AUTH = "RAY_AUTH_MODE=token"
+COMMAND_KEYS = ("head_start_ray_commands", "worker_start_ray_commands", "initialization_commands",
+                "setup_commands", "head_setup_commands", "worker_setup_commands")
+"""Every command list of a cluster file, the start commands first (a `ray start` may hide in any)."""
 UNSUPPORTED_GPU_FAMILIES = ("g2.",)  # Kepler GRID K520: below the sm_75 floor of current torch wheels
 
 
@@ -157,21 +161,60 @@ def check_security_rules(path: str | Path, config: dict[str, Any]) -> None:
                 f"{path}: provider.security_group.IpPermissions opens {ports} to the world; only SSH "
                 "(22) may be: remove the rule and reach the dashboard with `ray dashboard FILE`"
             )
-    head_commands = list(config.get("head_start_ray_commands") or [])
-    for command in head_commands:
-        if _OPEN_DASHBOARD.search(command):
-            raise UserError(
-                f"{path}: head_start_ray_commands start the dashboard on all interfaces; use "
-                "--dashboard-host=127.0.0.1 and `ray dashboard FILE` (an SSH port-forward)"
-            )
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        commands = list(config.get(key) or [])
-        exported = False
-        for command in commands:
-            exported = exported or f"export {_TOKEN_AUTH}" in command
-            if "ray start" in command and not (exported or _TOKEN_AUTH in command):
-                raise UserError(f"{path}: {key} run `ray start` without token auth; "
-                                f"prefix it with {_TOKEN_AUTH}")
+    check_ray_starts(path, config)
+
+
+def check_ray_starts(path: str | Path, config: dict[str, Any]) -> None:
+    """Every `ray start` in any command list runs with RAY_AUTH_MODE=token in force, and a head's
+    dashboard listens on loopback only."""
+    for key, command in _commands(config):
+        try:
+            starts = ray_starts(command)
+        except UnclearCommand as err:
+            raise UserError(f"{path}: {key}: cannot tell whether `ray start` runs with token auth ({err}); "
+                            "write it as a plain `RAY_AUTH_MODE=token ray start ...`") from None
+        for start in starts:
+            _check_dashboard_host(path, key, start)
+            if start.auth_mode != "token":
+                raise UserError(f"{path}: {key} run `ray start` without token auth (RAY_AUTH_MODE is "
+                                f"{_auth_text(start)} there); write it as `RAY_AUTH_MODE=token ray start ...`")
+
+
+def _commands(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, command) for every shell command of the cluster file, node types' own lists included."""
+    found = [(key, command) for key in COMMAND_KEYS for command in config.get(key) or []]
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        for key in COMMAND_KEYS:
+            found += [(f"available_node_types.{name}.{key}", c) for c in (node_type or {}).get(key) or []]
+    return [(key, str(command)) for key, command in found]
+
+
+def _check_dashboard_host(path: str | Path, key: str, start: RayStart) -> None:
+    if "--head" not in start.args:
+        return
+    host = start.option("--dashboard-host")
+    if host is None or _is_loopback(host):  # Ray's default is localhost
+        return
+    where = "on all interfaces" if host in ("0.0.0.0", "::", "[::]", "0") else f"on {host}"
+    raise UserError(f"{path}: {key} start the dashboard {where}; use --dashboard-host=127.0.0.1 and "
+                    "`ray dashboard FILE` (an SSH port-forward)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _auth_text(start: RayStart) -> str:
+    if start.auth_mode is None:
+        return "unset"
+    if start.auth_mode is UNKNOWN:
+        return "not known for sure"
+    return repr(start.auth_mode[:20])
 
 
 def check_pinned_install(path: str | Path, config: dict[str, Any]) -> None:

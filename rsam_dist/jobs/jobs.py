@@ -4,10 +4,11 @@
     rsam-dist submit sweep sweeps/demo.yaml --address http://127.0.0.1:8265
     rsam-dist status JOB_ID ; rsam-dist logs JOB_ID --follow ; rsam-dist stop JOB_ID
 
-How a job runs. The project (this checkout, minus .venv, .git, runs, data, caches) is uploaded
-as the job's working directory, so the code you submit is the code that runs, on the driver and
-on every Ray worker. The entrypoint is `python -m rsam_dist.cli train|sweep FILE --set ...`,
-started on the head node from the directory
+How a job runs. The project's code and config files (rsam_dist/, configs/, sweeps/,
+pyproject.toml, requirements.lock: rsam_dist.jobs.upload, never hidden files or anything named
+like a key or credentials) are uploaded as the job's working directory, so the code you submit is
+the code that runs, on the driver and on every Ray worker. The entrypoint is
+`python -m rsam_dist.cli train|sweep FILE --set ...`, started on the head node from the directory
 
     ~/rsam-dist-runs/JOB_ID/            (on the head; REMOTE_RUNS below)
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -42,7 +44,18 @@ from pydantic import BaseModel, TypeAdapter
 from rsam_dist.config import load_config
 from rsam_dist.errors import UserError
 from rsam_dist.jobs.cluster_file import has_worker_nodes, validate_cluster_file
-from rsam_dist.jobs.dashboard import dashboard_url, job_client, normalise_address, one_line, poll, quiet_ray_logs
+from rsam_dist.jobs.dashboard import (
+    check_cluster_options,
+    dashboard_timeout_s,
+    dashboard_url,
+    is_timeout,
+    job_client,
+    one_line,
+    poll,
+    quiet_ray_logs,
+    safe_address,
+)
+from rsam_dist.jobs.upload import staged_project, why_not_shipped
 
 REMOTE_RUNS = "~/rsam-dist-runs"
 """Per-job directories on the head node (expanded by the head's shell); $RSAM_DIST_REMOTE_RUNS
@@ -53,11 +66,11 @@ JobKind = Literal["train", "sweep"]
 """The rsam-dist command a job runs."""
 FINISHED_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 """Ray's job statuses after which nothing changes any more."""
-WORKING_DIR_EXCLUDES = [
-    ".venv", ".git", "runs", "data", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
-]
-"""What of the project is not uploaded: environments, outputs, datasets and caches."""
 STOP_TIMEOUT_S = 60.0
+FOLLOW_CHECK_S = 30.0
+"""`logs --follow`: seconds of silence after which the dashboard and the job's status are checked."""
+REGISTRY_LOCK_TIMEOUT_S = 30.0
+"""How long a submit waits for another one's registry update (a few milliseconds each)."""
 
 
 # --- the job registry ($RSAM_DIST_HOME/jobs.json) ----------------------------------------------
@@ -108,12 +121,24 @@ def load_registry() -> dict[str, JobRecord]:
 
 
 def save_record(record: JobRecord) -> None:
+    """Add `record` to the registry: read, change and write under a lock, so two submits at once
+    both keep their record (the write itself is atomic)."""
+    from filelock import FileLock, Timeout
+
     from rsam_dist.runs import write_bytes  # runs imports torch: only `submit` pays for it
 
-    records = load_registry()
-    records[record.job_id] = record
-    document = {"jobs": _RECORDS.dump_python(records, mode="json")}
-    write_bytes(str(registry_path()), (json.dumps(document, indent=2) + "\n").encode())
+    path = registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(f"{path}.lock", timeout=REGISTRY_LOCK_TIMEOUT_S):
+            records = load_registry()
+            records[record.job_id] = record
+            document = {"jobs": _RECORDS.dump_python(records, mode="json")}
+            write_bytes(str(path), (json.dumps(document, indent=2) + "\n").encode())
+    except Timeout:
+        raise UserError(f"{path}.lock: another rsam-dist has held the job registry for "
+                        f"{REGISTRY_LOCK_TIMEOUT_S:.0f} s; job {record.job_id} was submitted but not "
+                        "recorded: pass --address/--cluster to reach it") from None
 
 
 def find_record(job_id: str) -> JobRecord | None:
@@ -140,7 +165,10 @@ def job_client_for(job_id: str | None, address: str | None, cluster: str | None)
             raise UserError(f"unknown job {job_id!r}: it is not in {registry_path()}; "
                             "pass --address URL or --cluster FILE")
         address, cluster = record.address, record.cluster
-    with dashboard_url(address, cluster) as url, quiet_ray_logs():
+        origin = f"job {job_id}'s recorded address"
+    else:
+        origin = "--address"
+    with dashboard_url(address, cluster, origin) as url, quiet_ray_logs():
         yield job_client(url)
 
 
@@ -153,7 +181,10 @@ def call_job_client(what: str, job_id: str, function: Callable[[], Any]) -> Any:
         if "does not exist" in text or "404" in text:
             raise UserError(f"job {job_id} does not exist on that cluster") from None
         raise UserError(f"{what} {job_id}: {one_line(text, 200)}") from None
-    except OSError as err:  # ConnectionError, requests' and aiohttp's connection errors
+    except OSError as err:  # ConnectionError, requests' and aiohttp's connection errors and timeouts
+        if is_timeout(err):
+            raise UserError(f"{what} {job_id}: the Ray dashboard did not answer within {dashboard_timeout_s():g} s; "
+                            "check that the cluster's head is healthy") from None
         raise UserError(f"{what} {job_id}: lost the Ray dashboard ({one_line(err, 160)})") from None
 
 
@@ -197,11 +228,11 @@ def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str]
     path = Path(file).resolve()
     if not path.is_file():
         raise UserError(f"{file}: no such file")
-    try:
-        relative = path.relative_to(root).as_posix()
-    except ValueError:
-        raise UserError(f"{file}: outside the project {root}; jobs ship the project, so put the file in "
-                        "configs/ or sweeps/") from None
+    why_not = why_not_shipped(root, path)
+    if why_not:
+        raise UserError(f"{file}: the job would not receive it ({why_not}); put the file in configs/ or "
+                        "sweeps/") from None
+    relative = path.relative_to(root).as_posix()
     overrides = list(overrides)
     job_dir = f"{remote_runs()}/{job_id}"
     if kind == "train":
@@ -237,6 +268,12 @@ def _plan_sweep(path: Path, overrides: list[str], job_dir: str) -> tuple[list[st
     from rsam_dist.sweep.config import load_sweep  # the sweep package loads Ray Tune
 
     sweep = load_sweep(path, overrides)  # a bad sweep file or --set fails here
+    if isinstance(sweep.spec.base, str):  # a base: file must travel with the job too
+        base = (path.parent / sweep.spec.base).resolve()
+        why_not = why_not_shipped(project_root(), base)
+        if why_not:
+            raise UserError(f"{path}: base: {one_line(sweep.spec.base, 100)} would not reach the job "
+                            f"({why_not}); put it in configs/")
     extra = _data_root_override(sweep.base.data.root, overrides)
     storage = sweep.spec.storage
     if _is_absolute_or_home(storage):
@@ -252,9 +289,11 @@ def _data_root_override(root: str, overrides: list[str]) -> list[str]:
 
 def remote_runs() -> str:
     runs = os.environ.get("RSAM_DIST_REMOTE_RUNS") or REMOTE_RUNS
-    if not _is_absolute_or_home(runs) or any(c.isspace() or c in "'\"$`;&|" for c in runs):
-        raise UserError(f"RSAM_DIST_REMOTE_RUNS={runs!r}: must be an absolute (or ~/) path without "
-                        "spaces or shell characters")
+    # It goes into the job's shell command unquoted (so that ~ expands): letters, digits and
+    # . _ - / only, never a shell metacharacter.
+    if not _is_absolute_or_home(runs) or not re.fullmatch(r"~?[A-Za-z0-9._/-]+", runs):
+        raise UserError(f"RSAM_DIST_REMOTE_RUNS={one_line(repr(runs), 100)}: must be an absolute (or ~/) path "
+                        "of letters, digits and . _ - / only")
     return runs.rstrip("/")
 
 
@@ -277,6 +316,7 @@ def submit_job(
     """
     from rsam_dist.runs import is_uri  # runs imports torch: only `submit` pays for it
 
+    check_cluster_options(address, cluster)  # before any file is read or note printed
     job_id = new_job_id(kind)
     plan = plan_job(kind, file, overrides, job_id)
     cluster_path = str(Path(cluster).resolve()) if cluster else None
@@ -286,11 +326,10 @@ def submit_job(
             notify(f"note: outputs go to {plan.remote_dir} on the head; Train workers on other nodes "
                    "keep theirs on their own disks: for checkpoints, --resume and TensorBoard in one "
                    "place add --set train.storage=s3://BUCKET/PATH (see the cluster file's header)")
-    with dashboard_url(address, cluster) as url, quiet_ray_logs():
+    with dashboard_url(address, cluster) as url, quiet_ray_logs(), staged_project(project_root()) as shipped:
         client = job_client(url)
         runtime_env = {
-            "working_dir": str(project_root()),
-            "excludes": WORKING_DIR_EXCLUDES,
+            "working_dir": str(shipped),  # Ray packs and uploads it inside submit_job
             "env_vars": {"RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"},
         }
         submitted = call_job_client("submitting", job_id, lambda: client.submit_job(
@@ -301,7 +340,7 @@ def submit_job(
         ))
     save_record(JobRecord(
         job_id=submitted, kind=kind, file=plan.file, remote_dir=plan.remote_dir,
-        address=normalise_address(address) if address else None, cluster=cluster_path,
+        address=safe_address(address) if address else None, cluster=cluster_path,
         overrides=plan.overrides, submitted=time.strftime("%Y-%m-%d %H:%M:%S"),
     ))
     return submitted
@@ -333,16 +372,37 @@ def job_logs(job_id: str, follow: bool = False, address: str | None = None, clus
     with job_client_for(job_id, address, cluster) as client:
         if not follow:
             return call_job_client("logs of", job_id, lambda: client.get_job_logs(job_id))
-
-        async def tail() -> None:
-            async for chunk in client.tail_job_logs(job_id):
-                write(chunk)
-
+        # Ray's log stream (a websocket) has no timeout: ask for the status first, so a dashboard
+        # that does not answer fails in dashboard_timeout_s(), and again whenever the stream is quiet.
+        call_job_client("status of", job_id, lambda: client.get_job_status(job_id))
         try:
-            call_job_client("logs of", job_id, lambda: asyncio.run(tail()))
+            call_job_client("logs of", job_id, lambda: asyncio.run(_follow(client, job_id, write)))
         except KeyboardInterrupt:  # stop following; the job itself keeps running
             write("\n(stopped following; the job keeps running)\n")
         return None
+
+
+async def _follow(client: Any, job_id: str, write: Callable[[str], Any]) -> None:
+    """Stream the job's output through `write` until it ends; every FOLLOW_CHECK_S of silence,
+    check that the dashboard still answers (a timed request) and that the job still runs."""
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            write(chunk)
+
+    streaming = asyncio.ensure_future(tail())
+    finished_checks = 0
+    try:
+        while True:
+            done, _ = await asyncio.wait({streaming}, timeout=FOLLOW_CHECK_S)
+            if done:
+                return streaming.result()
+            status = str(await asyncio.to_thread(client.get_job_status, job_id))
+            finished_checks = finished_checks + 1 if status in FINISHED_STATUSES else 0
+            if finished_checks >= 2:  # ended, yet the stream never closed
+                return None
+    finally:
+        streaming.cancel()
 
 
 def stop_job(job_id: str, address: str | None = None, cluster: str | None = None,

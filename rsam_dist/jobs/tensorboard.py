@@ -10,26 +10,32 @@ one local directory (default $RSAM_DIST_HOME/tensorboard/NAME), so a sweep's tri
 separate runs; nothing else (checkpoints) is copied. From the head node the files come through
 `ray rsync-down` (SSH). TensorBoard is then started on 127.0.0.1 only; `--no-launch` prints the
 command instead.
+
+What a source says is not trusted to pick local paths: an object key that would land outside
+the target (`../`) is refused, symlinks are not followed, and a head-node path must be plain
+(letters, digits, . _ - /), since rsync before 3.2.4 passes it through the remote shell.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from rsam_dist.errors import UserError
-from rsam_dist.jobs.dashboard import last_error_line, normalise_address, one_line, ray_executable
+from rsam_dist.jobs.dashboard import is_loopback, last_error_line, normalise_address, one_line, ray_executable
 from rsam_dist.jobs.jobs import find_record, registry_path, rsam_home
 from rsam_dist.runs import is_uri
 
 EVENT_PREFIX = "events.out.tfevents."
 DEFAULT_PORT = 6006
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_PLAIN_REMOTE_PATH = re.compile(r"(~/|/)?[A-Za-z0-9._][A-Za-z0-9._/-]*")
+"""A head-node path that no shell splits or expands: letters, digits, . _ - /, after ~/ or /."""
 
 
 @dataclass
@@ -72,7 +78,8 @@ def _copy_local(directory: Path, target: Path) -> list[Path]:
         return sorted(p for p in target.rglob(f"{EVENT_PREFIX}*") if p.is_file())
     copied = []
     for event_file in sorted(directory.rglob(f"{EVENT_PREFIX}*")):
-        if not event_file.is_file() or target in event_file.parents:
+        # A symlink (say, one that rsync brought from the head) would copy whatever it points at.
+        if event_file.is_symlink() or not event_file.is_file() or target in event_file.parents:
             continue
         destination = target / event_file.relative_to(directory)
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -81,11 +88,18 @@ def _copy_local(directory: Path, target: Path) -> list[Path]:
     return copied
 
 
+def open_uri(uri: str):
+    """(pyarrow filesystem, root path) for a URI: s3://, gs://, file://... (what Ray's storage reads)."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
 def _collect_from_uri(uri: str, target: Path) -> list[Path]:
     import pyarrow.fs
 
     try:
-        filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+        filesystem, root = open_uri(uri)
         infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     except (OSError, ValueError) as err:
         raise UserError(f"{uri}: cannot list it ({one_line(err, 160)})") from None
@@ -93,7 +107,7 @@ def _collect_from_uri(uri: str, target: Path) -> list[Path]:
     for info in infos:
         if info.type != pyarrow.fs.FileType.File or not info.base_name.startswith(EVENT_PREFIX):
             continue
-        destination = target / info.path[len(root):].lstrip("/")
+        destination = _inside(target, info.path, root)
         destination.parent.mkdir(parents=True, exist_ok=True)
         with filesystem.open_input_stream(info.path) as stream, open(destination, "wb") as out:
             shutil.copyfileobj(stream, out)
@@ -101,13 +115,30 @@ def _collect_from_uri(uri: str, target: Path) -> list[Path]:
     return sorted(copied)
 
 
+def _inside(target: Path, key: str, root: str) -> Path:
+    """Where object `key` (listed under `root`) goes in `target`; a key that would leave it is refused."""
+    relative = PurePosixPath(key[len(root):].lstrip("/")) if key.startswith(root) else None
+    if relative is None or relative.is_absolute() or any(part in ("..", ".") for part in relative.parts) \
+            or not relative.parts:
+        raise UserError(f"object {one_line(key, 100)!r} would land outside {target}: refused (keys with ../ "
+                        "come from a broken or hostile bucket); nothing is written outside the target")
+    destination = target.joinpath(*relative.parts)
+    if not destination.resolve().is_relative_to(target):  # through a symlink already in the target
+        raise UserError(f"{destination}: leads outside {target} (a symlink?): refused; use an empty --out")
+    return destination
+
+
 def _collect_from_head(cluster: str, remote_dir: str, target: Path) -> list[Path]:
     if not Path(cluster).is_file():
         raise UserError(f"{cluster}: no such cluster file")
+    if not _PLAIN_REMOTE_PATH.fullmatch(remote_dir):
+        raise UserError(f"{one_line(remote_dir, 100)!r}: a head-node directory may hold only letters, digits "
+                        "and . _ - / (after ~/ or /), as rsync hands it to the remote shell; rename it on the head")
     with tempfile.TemporaryDirectory(prefix="rsam-rsync-") as staging:
         # rsync reads a relative remote path from the login's home: "~/x" works without a remote shell.
         remote = remote_dir.removeprefix("~/").rstrip("/") + "/"
-        command = [ray_executable(), "rsync-down", str(cluster), remote, staging + "/"]
+        # `--`: a path that starts with "-" is never an option of `ray rsync-down`.
+        command = [ray_executable(), "rsync-down", "--", str(cluster), remote, staging + "/"]
         done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             why = last_error_line(done.stdout + "\n" + done.stderr) or f"exit code {done.returncode}"
@@ -127,7 +158,7 @@ def collect_for_job(job_id: str, target: str | Path | None = None, cluster: str 
         return collect_event_files(record.remote_dir, target)
     if cluster:
         return collect_event_files(record.remote_dir, target, cluster=cluster)
-    if record.address and urlsplit(normalise_address(record.address)).hostname in LOOPBACK_HOSTS:
+    if record.address and is_loopback(urlsplit(normalise_address(record.address)).hostname):
         # The head is this machine: its disk is ours.
         return collect_event_files(str(Path(record.remote_dir).expanduser()), target)
     raise UserError(f"job {job_id} ran at {record.address}, whose disk this machine cannot read: "

@@ -11,6 +11,7 @@ from rsam_dist.sweep.results import (
     EpochRecord,
     SweepResults,
     TrialResult,
+    hold_sweep_lock,
     load_sweep_results,
     summary_text,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "SweepResults",
     "TrialResult",
     "describe_sweep",
+    "hold_sweep_lock",
     "load_sweep",
     "load_sweep_for_cli",
     "load_sweep_results",

@@ -17,24 +17,30 @@ changes the sweep; any other key (train.epochs=1, data.name=digits) changes the 
 
 from __future__ import annotations
 
+import builtins
 import itertools
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rsam_dist.config import (
+    NAME_PATTERN,
     Config,
     Section,
     apply_overrides,
     apply_values,
+    describe_validation_error,
     parse_override,
     read_yaml,
+    shown,
     validate_dict,
 )
 from rsam_dist.errors import UserError
-from rsam_dist.metrics import optimisable_metrics
+from rsam_dist.metrics import glimpse_of, optimisable_metrics
+from rsam_dist.runs import is_uri
 
 
 class Distribution(Section):
@@ -46,7 +52,9 @@ class Distribution(Section):
     """One value at random (or by TPE) per trial."""
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    # builtins.int: inside this class the name `int` is the field below, so a bare `int` in the
+    # annotation would resolve to its default (None) and no value could ever validate.
+    int: tuple[builtins.int, builtins.int] | None = None
     """An integer in [low, high] inclusive."""
 
     @model_validator(mode="after")
@@ -78,13 +86,26 @@ class Distribution(Section):
         """The values of a grid or choice, in the sweep file's order; None for a range."""
         return self.grid if self.grid is not None else self.choice
 
-    def sample_value(self) -> Any:
-        """A value of this distribution, used to check that the key accepts its type."""
-        values = self.listed
-        if values is not None:
-            return values[0]
-        low, _ = self.uniform or self.loguniform or self.int
-        return low
+    def values_to_check(self) -> list[Any]:
+        """Values that stand for every value a trial may get: each listed value; both bounds of a
+        range; for `int` also low + 1 (a key that takes only multiples of 64 refuses it); for a
+        float range also a draw between the bounds (a key that takes integers refuses it)."""
+        if self.listed is not None:
+            return list(self.listed)
+        if self.int is not None:
+            low, high = self.int
+            return [low, high] + ([low + 1] if low + 1 < high else [])
+        return [*(self.uniform or self.loguniform), self.draw_between_bounds()]
+
+    def draw_between_bounds(self) -> float | None:
+        """A fractional value strictly inside a float range (uniform, loguniform), else None."""
+        if self.uniform is not None:
+            low, high = self.uniform
+            return round(low + (high - low) / math.pi, 6)
+        if self.loguniform is not None:
+            low, high = self.loguniform
+            return float(f"{low * (high / low) ** (1 / math.pi):.6g}")
+        return None
 
 
 class SchedulerConfig(Section):
@@ -115,10 +136,11 @@ class TrialResources(Section):
 
 
 class SweepConfig(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    """The sweep directory's name under `storage`."""
+    name: str = Field(pattern=NAME_PATTERN, max_length=128)
+    """The sweep directory's name under `storage` (letters, digits, . _ = -; no path)."""
     storage: str = "runs"
-    """Where sweep directories go (a local directory)."""
+    """Where sweep directories go: a local directory (a shared one on a multi-node cluster). The
+    sweep's results, its trials' runs and Tune's state are files there."""
     base: str | dict[str, Any] = Field(default_factory=dict)
     """The training config: a YAML path (relative to the sweep file) or an inline mapping."""
     set: dict[str, Any] = Field(default_factory=dict)
@@ -148,6 +170,9 @@ class SweepConfig(Section):
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> SweepConfig:
+        if is_uri(self.storage):
+            raise ValueError(f"storage {shown(self.storage)}: sweeps write to a local (or shared) directory, "
+                             "not a URI")
         if self.algorithm == "grid":
             loose = [key for key, dist in self.search.items() if not dist.discrete]
             if loose:
@@ -197,7 +222,19 @@ class ResolvedSweep:
     def trial_config(self, params: dict[str, Any]) -> Config:
         """The base config with one trial's values (dotted keys) applied."""
         merged = apply_values(self.base.to_dict(), params, "trial")
-        return validate_dict(Config, merged, f"{self.source} (trial {params})")
+        return validate_dict(Config, merged, f"{self.source} (trial {shown(params)})")
+
+    def trial_problem(self, params: dict[str, Any]) -> str | None:
+        """Why the base config with `params` applied is not a valid training config (one line), or None."""
+        try:
+            merged = apply_values(self.base.to_dict(), params, "search")
+        except UserError as err:
+            return str(err)
+        try:
+            Config.model_validate(merged)
+        except ValidationError as err:
+            return describe_validation_error(Config, err)
+        return None
 
     def to_yaml(self) -> str:
         document = self.spec.model_dump(mode="json", exclude_none=True)
@@ -229,25 +266,56 @@ def load_sweep(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) ->
     base: Config = validate_dict(Config, merged, base_source)
 
     resolved = ResolvedSweep(spec, base, str(path))
-    for key, distribution in spec.search.items():  # an unknown or mistyped key fails now, not mid-sweep
-        try:
-            resolved.trial_config({key: distribution.sample_value()})
-        except UserError as err:
-            raise UserError(f"{path}: search.{key}: {str(err).split(': ', 2)[-1]}") from None
-    reported = optimisable_metrics(_most_glimpses(spec, base))
-    if spec.metric not in reported:
-        raise UserError(f"{path}: metric {spec.metric!r} is not reported by these trials: use one of "
-                        f"{', '.join(reported)}")
+    check_search_values(resolved)
+    check_metric(resolved)
     return resolved
 
 
-def _most_glimpses(spec: SweepConfig, base: Config) -> int:
-    """The largest glimpse count any trial of the sweep may have (per-glimpse metrics go that far)."""
+def check_search_values(sweep: ResolvedSweep) -> None:
+    """Every value a trial may get is a valid training config, checked now rather than mid-sweep:
+    each grid/choice value and both bounds of each range (with the base's other values), then every
+    grid point (values of several keys may clash with each other)."""
+    for key, distribution in sweep.spec.search.items():
+        for value in distribution.values_to_check():
+            problem = sweep.trial_problem({key: value})
+            if problem is None:
+                continue
+            if problem.startswith(f"{key}: "):
+                message = f"search.{problem}"
+            else:
+                message = f"search.{key}={shown(value)}: {problem}"
+            if not distribution.discrete and value == distribution.draw_between_bounds():
+                message += " (a draw between the bounds: a key that takes integers needs {int: [low, high]})"
+            raise UserError(f"{sweep.source}: {message}")
+    for point in sweep.spec.grid_points():
+        problem = sweep.trial_problem(point)
+        if problem is not None:
+            values = ", ".join(f"{key}={shown(value)}" for key, value in point.items())
+            raise UserError(f"{sweep.source}: the grid point {values}: {problem}")
+
+
+def check_metric(sweep: ResolvedSweep) -> None:
+    """`metric` is one every trial reports: Tune fails a trial whose results lack it."""
+    spec = sweep.spec
+    fewest = _fewest_glimpses(spec, sweep.base)
+    reported = optimisable_metrics(fewest)
+    if spec.metric in reported:
+        return
+    glimpse = glimpse_of(spec.metric)
+    if glimpse is not None and glimpse >= 1:
+        raise UserError(f"{sweep.source}: metric {shown(spec.metric)}: trials with {fewest} glimpse(s) do not "
+                        f"report glimpse {glimpse}'s top-1: use one of {', '.join(reported)}")
+    raise UserError(f"{sweep.source}: metric {shown(spec.metric)} is not reported by these trials: use one of "
+                    f"{', '.join(reported)}")
+
+
+def _fewest_glimpses(spec: SweepConfig, base: Config) -> int:
+    """The smallest glimpse count any trial of the sweep may have: per-glimpse metrics exist up to it
+    in every trial."""
     searched = spec.search.get("model.glimpses")
     if searched is None:
         return base.model.glimpses
-    values = searched.listed or [searched.int[1] if searched.int else base.model.glimpses]
-    return max(int(value) for value in values)
+    return min(int(value) for value in searched.values_to_check())
 
 
 def describe_sweep(sweep: ResolvedSweep) -> str:

@@ -12,7 +12,8 @@
         best_config.yaml      the best trial's training config, ready for `rsam-dist train`
 
 The CSVs are for people and spreadsheets; nothing here guesses a cell's type from its text. A
-searched key's cells are read back as the training config types that key, metric cells as floats.
+searched key's cells are read back as the training config types that key, metric cells as floats;
+a cell or line that does not fit (a hand edit) is one error naming the file and line.
 Every file is written whole or not at all (a temporary file, then a rename).
 
     from rsam_dist.sweep.results import load_sweep_results
@@ -24,17 +25,21 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from rsam_dist.config import Config
+from rsam_dist.config import Config, read_yaml, shown
 from rsam_dist.errors import UserError
 from rsam_dist.metrics import is_history_metric
-from rsam_dist.runs import RunDir, read_metrics, write_bytes
+from rsam_dist.run_start import hold_lock
+from rsam_dist.runs import CONFIG_FILE, RunDir, read_metrics, write_bytes
 from rsam_dist.sweep.config import ResolvedSweep, SweepConfig, load_sweep
 
 SWEEP_FILE = "sweep.yaml"
@@ -48,7 +53,10 @@ FINAL_PREFIX = "final_"
 TIME_COLUMNS = ("seconds", "gpu_hours", "estimated_seconds", "estimated_gpu_hours")
 """results.csv's measured time of each trial beside the plan's estimate (GPU-hours follow from the seconds)."""
 
-TrialStatus = Literal["completed", "stopped_early", "error", "pending"]
+TUNE_STATE_PATTERN = "experiment_state-*.json"
+"""Tune's saved experiment state in a tune*/ folder (what a restore and ExperimentAnalysis read)."""
+
+TrialStatus = Literal["completed", "stopped_early", "error", "pending", "lost"]
 STATUSES: tuple[str, ...] = get_args(TrialStatus)
 
 
@@ -65,8 +73,9 @@ class TrialResult(BaseModel):
 
     trial_id: str
     status: TrialStatus
-    """completed (ran every planned epoch), stopped_early (by the scheduler), error, or pending
-    (never started or interrupted)."""
+    """completed (ran every planned epoch), stopped_early (by the scheduler), error, pending
+    (never started or interrupted), or lost (unfinished, and Tune's state that would resume it is
+    unreadable: only its run directory is left)."""
     epochs_run: int
     epochs_planned: int
     params: dict[str, Any]
@@ -101,34 +110,90 @@ def collect_results(sweep: ResolvedSweep) -> list[TrialResult]:
 
     Tune's state says which trials exist, their parameters and whether they failed; the epochs
     come from each trial's metrics.jsonl, which stays right when Tune restores a trial that was
-    interrupted mid-way or just as it finished.
+    interrupted mid-way or just as it finished. Where a tune*/ state is unreadable, each run in
+    trials/ that no readable state names is reported from its own files (completed, or lost),
+    and a warning names the folder: nothing is dropped silently.
     """
-    from ray.tune import ExperimentAnalysis  # only after a sweep ran: reading results needs no Ray
-
     from rsam_dist.plan.record import estimated_seconds, read_plan_record
 
     trials = []
+    named: set[str] = set()
+    unreadable = []
     keys = param_keys(sweep)
     plan = read_plan_record(sweep.directory)
     for experiment in sorted(sweep.directory.glob("tune*")):
-        if not experiment.is_dir():
-            continue
+        if not experiment.is_dir() or not any(experiment.glob(TUNE_STATE_PATTERN)):
+            continue  # interrupted before Tune's first save: it knew of no trial yet
         try:
-            analysis = ExperimentAnalysis(str(experiment))
-        except Exception:  # noqa: BLE001 - an experiment interrupted before its first save
+            analysis = _experiment_analysis(experiment)
+        except Exception as err:  # noqa: BLE001 - Tune raises many types for a damaged state
+            unreadable.append(experiment)
+            print(f"rsam-dist: warning: {experiment}: Tune's state is unreadable ({_first_line(err)}); "
+                  f"its trials are reported from their run directories", file=sys.stderr, flush=True)
             continue
         for trial in analysis.trials:
             run = trial_run(sweep.directory, trial.trial_id)
             params = {key: trial.config.get(key) for key in keys}
+            named.add(trial.trial_id)
             result = _trial_result(trial.trial_id, trial.status, params, read_metrics(run), run, sweep)
             result.seconds = (trial.last_result or {}).get("time_total_s")
             result.estimated_seconds = estimated_seconds(plan, params)
             trials.append(result)
+    if unreadable:
+        trials += [_trial_from_its_run(run_dir, sweep) for run_dir in sorted((sweep.directory / TRIALS_DIR).glob("*"))
+                   if run_dir.is_dir() and run_dir.name not in named]
     return trials
 
 
-def _trial_result(trial_id: str, tune_status: str, params: dict[str, Any], epochs: list[dict[str, float]],
+def unreadable_state(experiment: Path) -> str | None:
+    """Why Tune's saved state in the folder `experiment` cannot be read (one line), or None when it
+    reads or Tune never saved one there."""
+    if not experiment.is_dir() or not any(experiment.glob(TUNE_STATE_PATTERN)):
+        return None
+    try:
+        _experiment_analysis(experiment)
+    except Exception as err:  # noqa: BLE001 - Tune raises many types for a damaged state
+        return _first_line(err)
+    return None
+
+
+def _experiment_analysis(experiment: Path):
+    from ray.tune import ExperimentAnalysis  # reading a finished experiment needs no running Ray
+
+    return ExperimentAnalysis(str(experiment))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:100] if text else type(err).__name__
+
+
+def _trial_from_its_run(run_dir: Path, sweep: ResolvedSweep) -> TrialResult:
+    """A trial that no readable Tune state names, from its run directory: its config.yaml says its
+    values, its metrics.jsonl its epochs."""
+    run = trial_run(sweep.directory, run_dir.name)
+    params: dict[str, Any] = {}
+    try:
+        config = read_yaml(run_dir / CONFIG_FILE)
+        params = {key: _dotted(config, key) for key in param_keys(sweep)}
+    except UserError:
+        pass  # no readable config.yaml (the trial never got that far): its values are unknown
+    return _trial_result(run_dir.name, None, params, read_metrics(run), run, sweep)
+
+
+def _dotted(document: dict[str, Any], key: str) -> Any:
+    node: Any = document
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _trial_result(trial_id: str, tune_status: str | None, params: dict[str, Any], epochs: list[dict[str, float]],
                   run: RunDir, sweep: ResolvedSweep) -> TrialResult:
+    """`tune_status` None: Tune's record of the trial is lost; it counts as completed only if its
+    own run finished every planned epoch."""
     history = [EpochRecord(epoch=int(record["epoch"]),
                            metrics={name: value for name, value in record.items() if is_history_metric(name)})
                for record in epochs]
@@ -138,6 +203,8 @@ def _trial_result(trial_id: str, tune_status: str, params: dict[str, Any], epoch
         status = "error"
     elif epochs_run >= planned:
         status = "completed"
+    elif tune_status is None:
+        status = "lost"
     elif tune_status == "TERMINATED":
         status = "stopped_early"
     else:
@@ -280,6 +347,16 @@ class SweepResults:
         return [trial for trial in self.trials if trial.status in statuses]
 
 
+@contextmanager
+def hold_sweep_lock(sweep_dir: str | Path) -> Iterator[None]:
+    """Hold the sweep directory's lock (as `rsam-dist sweep` does) for a command that writes into it."""
+    directory = Path(sweep_dir)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory: give the directory `rsam-dist sweep` wrote")
+    with hold_lock(directory, "sweep"):
+        yield
+
+
 def load_sweep_results(sweep_dir: str | Path) -> SweepResults:
     """The sweep directory `rsam-dist sweep` wrote, typed; a UserError if it is not one."""
     directory = Path(sweep_dir)
@@ -288,12 +365,9 @@ def load_sweep_results(sweep_dir: str | Path) -> SweepResults:
     results_path = directory / RESULTS_FILE
     if not results_path.is_file():
         raise UserError(f"{directory}: no {RESULTS_FILE}: run `rsam-dist sweep ...` first")
-    rows = _read_csv(results_path)
+    rows = _read_csv(results_path, ("trial_id", "status"))
     if not rows:
         raise UserError(f"{directory}: {RESULTS_FILE} has no trials: run `rsam-dist sweep ...` first")
-    missing = [column for column in ("trial_id", "status") if column not in rows[0]]
-    if missing:
-        raise UserError(f"{results_path}: no {', '.join(missing)} column: not written by `rsam-dist sweep`")
     if not (directory / SWEEP_FILE).is_file():
         raise UserError(f"{directory}: no {SWEEP_FILE} beside {RESULTS_FILE}: not a sweep directory")
     sweep = load_sweep(directory / SWEEP_FILE)
@@ -301,13 +375,13 @@ def load_sweep_results(sweep_dir: str | Path) -> SweepResults:
     history_path = directory / HISTORY_FILE
     histories: dict[str, list[EpochRecord]] = {}
     if history_path.is_file():
-        for number, row in enumerate(_read_csv(history_path), start=2):
+        for number, row in _read_csv(history_path, ("trial_id", "epoch")):
             trial_id = row.pop("trial_id")
             record = _parse(EpochRecord, {"epoch": row.pop("epoch"), "metrics": _filled(row)}, history_path, number)
             histories.setdefault(trial_id, []).append(record)
     adapters = {key: TypeAdapter(_config_type(key)) for key in param_keys(sweep)}
     trials = []
-    for number, row in enumerate(rows, start=2):  # line numbers as an editor shows them (1 is the header)
+    for number, row in rows:
         fields = {
             "trial_id": row["trial_id"], "status": row["status"], "epochs_run": row.get("epochs_run"),
             "epochs_planned": row.get("epochs_planned"), "best_test_top1": row.get("best_test_top1") or None,
@@ -323,9 +397,40 @@ def load_sweep_results(sweep_dir: str | Path) -> SweepResults:
     return SweepResults(directory=directory, sweep=sweep, trials=trials, has_history=history_path.is_file())
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+_EXTRA_CELLS = "\0extra"
+"""csv.DictReader's key for the cells of a row longer than the header."""
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a CSV file that rsam-dist wrote, each with its line number (as an editor shows
+    it); a file that is not such a table (hand-edited, binary) is a UserError naming file and line."""
+    rows = []
+    line = 1
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, restkey=_EXTRA_CELLS)
+            header = reader.fieldnames or []
+            missing = [column for column in required if column not in header]
+            if missing:
+                raise UserError(f"{path}: line 1: no {', '.join(missing)} column: {_rewrite_hint(path)}")
+            for row in reader:
+                line = reader.line_num
+                if _EXTRA_CELLS in row or None in row.values():
+                    more_or_fewer = "more" if _EXTRA_CELLS in row else "fewer"
+                    raise UserError(f"{path}: line {line}: {more_or_fewer} cells than the header has columns: "
+                                    f"{_rewrite_hint(path)}")
+                rows.append((line, row))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8): {_rewrite_hint(path)}") from None
+    except csv.Error as err:
+        raise UserError(f"{path}: line {line + 1}: not CSV ({_first_line(err)}): {_rewrite_hint(path)}") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
+    return rows
+
+
+def _rewrite_hint(path: Path) -> str:
+    return f"fix it, or rewrite the sweep's tables with `rsam-dist sweep {path.parent} --resume`"
 
 
 def _filled(row: dict[str, str]) -> dict[str, str]:
@@ -351,4 +456,5 @@ def _parse(kind: type[BaseModel] | TypeAdapter, value: Any, path: Path, line: in
     except ValidationError as err:
         error = err.errors()[0]
         where = column or ".".join(str(part) for part in error["loc"])
-        raise UserError(f"{path}: line {line}, {where}: {error['msg']} (got {error['input']!r})") from None
+        raise UserError(f"{path}: line {line}, {where}: {error['msg']} (got {shown(error['input'])}): "
+                        f"{_rewrite_hint(path)}") from None

@@ -9,6 +9,11 @@ per-trial TensorBoard logs under `tune*/`.
 With optuna and grid keys together (OptunaSearch refuses grid_search), each grid point gets its
 own Tune experiment and TPE study, `tune-point<k>/`.
 
+One command at a time per sweep directory (a lock, held for the command's life). `--resume` runs
+the sweep stored in the directory, wherever the directory now is; a `--set`, or a FILE that now
+says something else, is refused rather than ignored. An experiment whose Tune state is unreadable
+is left alone, and its unfinished trials are reported as lost (exit 2), never dropped.
+
     rsam-dist sweep sweeps/demo.yaml            # run it; prints the results summary
     rsam-dist sweep runs/demo --resume          # finish an interrupted one
 """
@@ -19,11 +24,24 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from rsam_dist.config import shown
 from rsam_dist.errors import UserError
 from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
+from rsam_dist.run_start import hold_lock
 from rsam_dist.runs import save_run_config, with_run_dir
 from rsam_dist.sweep.config import Distribution, ResolvedSweep, SweepConfig, load_sweep
-from rsam_dist.sweep.results import SWEEP_FILE, collect_results, trial_run, write_results, write_sweep_file
+from rsam_dist.sweep.results import (
+    RESULTS_FILE,
+    SWEEP_FILE,
+    TRIALS_DIR,
+    collect_results,
+    trial_run,
+    unreadable_state,
+    write_results,
+    write_sweep_file,
+)
 
 # --- the trial: a driver that fits one TorchTrainer ---------------------------------------------
 
@@ -197,7 +215,17 @@ def _short(value: Any) -> str:
 
 
 def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = False) -> Path:
-    """Run (or resume) every trial; write the results table and best config; return the sweep dir."""
+    """Run (or resume) every trial; write the results table and best config; return the sweep dir.
+
+    The sweep directory is locked for the whole command: a second `sweep` (or `report`) on it is
+    refused in one line naming this one.
+    """
+    directory = sweep.directory
+    with hold_lock(directory, "sweep"):
+        return _run_sweep_locked(sweep, address, resume)
+
+
+def _run_sweep_locked(sweep: ResolvedSweep, address: str | None, resume: bool) -> Path:
     directory = sweep.directory
     sweep_file = directory / SWEEP_FILE
     if sweep_file.exists() and not resume:
@@ -205,7 +233,7 @@ def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = F
     if resume:
         if not sweep_file.exists():
             raise UserError(f"{directory}: nothing to resume (no {SWEEP_FILE}); run without --resume")
-        sweep = load_sweep(sweep_file)  # the sweep as it was started, whatever FILE and --set say now
+        sweep = load_stored_sweep(directory)  # the sweep as it was started (load_sweep_for_cli refused changes)
     if not address and sweep.base.data.name == "cifar10":
         from rsam_dist.data import load_dataset
 
@@ -224,6 +252,11 @@ def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = F
             name = experiment_name(index, len(experiments))
             if len(experiments) > 1:
                 print(f"grid point {index + 1}/{len(experiments)}: {fixed}", flush=True)
+            if resume and unreadable_state(directory / name) is not None:
+                # Restoring would fail, and a fresh experiment would overwrite what is left of it:
+                # leave it as it is; its trials are reported as lost below.
+                print(f"skipping {directory / name}: Tune's state there is unreadable", flush=True)
+                continue
             results = build_tuner(sweep, fixed, name, restore=resume).fit()
             # Tune returns normally on Ctrl-C, with trials still pending or never created.
             if results.num_terminated + results.num_errors < planned_trials(sweep.spec):
@@ -236,6 +269,12 @@ def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = F
     failed = [trial.trial_id for trial in trials if trial.status == "error"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed)}); see {directory}")
+    lost = [trial.trial_id for trial in trials if trial.status == "lost"]
+    if lost:
+        named = ", ".join(lost[:3]) + (", ..." if len(lost) > 3 else "")
+        raise UserError(f"{len(lost)} of {len(trials)} trials lost to an unreadable Tune state ({named}): "
+                        f"their runs stay in {directory / TRIALS_DIR} and {directory / RESULTS_FILE} lists them; "
+                        "start the sweep again under another name to rerun them")
     return directory
 
 
@@ -250,10 +289,63 @@ def _require_trial_driver_slots() -> None:
 
 
 def load_sweep_for_cli(path: str, overrides: tuple[str, ...], resume: bool) -> ResolvedSweep:
-    """The sweep to run: from FILE, or with --resume from a sweep directory or its FILE."""
+    """The sweep to run: from FILE, or with --resume the sweep stored in a sweep directory (given
+    itself, or through the FILE that started it). A resume runs the stored sweep as it was started:
+    --set, or a FILE that now says something else, is refused rather than ignored."""
     candidate = Path(path)
-    if resume and candidate.is_dir():
-        if not (candidate / SWEEP_FILE).exists():
-            raise UserError(f"{candidate}: not a sweep directory (no {SWEEP_FILE})")
-        return load_sweep(candidate / SWEEP_FILE)
-    return load_sweep(candidate, overrides)
+    if not resume:
+        return load_sweep(candidate, overrides)
+    if overrides:
+        raise UserError(f"--resume continues the sweep as it was started: drop --set {overrides[0]} "
+                        "(or start a new sweep with another name)")
+    if candidate.is_dir():
+        return load_stored_sweep(candidate)
+    given = load_sweep(candidate)
+    stored_file = given.directory / SWEEP_FILE
+    if not stored_file.is_file():
+        raise UserError(f"{given.directory}: nothing to resume (no {SWEEP_FILE}); run without --resume")
+    stored = load_stored_sweep(given.directory)
+    difference = first_difference(stored, given)
+    if difference is not None:
+        raise UserError(f"{candidate} differs from the sweep stored in {stored_file} at {difference}: "
+                        f"--resume runs the stored sweep; resume it with `rsam-dist sweep {given.directory} "
+                        "--resume`, or start the changed one with another name")
+    return stored
+
+
+def load_stored_sweep(directory: Path) -> ResolvedSweep:
+    """The sweep stored in the sweep directory `directory`, placed where that directory now is (a
+    sweep directory copied or moved elsewhere resumes there, not where it was started)."""
+    if not (directory / SWEEP_FILE).is_file():
+        raise UserError(f"{directory}: not a sweep directory (no {SWEEP_FILE})")
+    stored = load_sweep(directory / SWEEP_FILE)
+    here = directory.expanduser().resolve()
+    spec = stored.spec.model_copy(update={"storage": str(here.parent), "name": here.name})
+    return ResolvedSweep(spec, stored.base, stored.source)
+
+
+def first_difference(stored: ResolvedSweep, given: ResolvedSweep) -> str | None:
+    """The first dotted key where `given` (a sweep file, resolved) differs from the `stored` sweep
+    ("key: stored -> given"), or None. A `gpus_per_worker: auto` in the file matches what it was
+    settled to when the stored sweep started."""
+    stored_document = yaml.safe_load(stored.to_yaml())
+    given_document = yaml.safe_load(given.to_yaml())
+    if given.spec.trial.gpus_per_worker == "auto":
+        settled = stored.spec.trial.gpus_per_worker
+        given_document["trial"]["gpus_per_worker"] = settled
+        given_document["base"]["scaling"]["gpus_per_worker"] = settled
+    stored_flat, given_flat = _flatten(stored_document), _flatten(given_document)
+    for key in dict.fromkeys([*stored_flat, *given_flat]):
+        if stored_flat.get(key, "(unset)") != given_flat.get(key, "(unset)"):
+            return f"{key}: {shown(stored_flat.get(key, '(unset)'))} -> {shown(given_flat.get(key, '(unset)'))}"
+    return None
+
+
+def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -45,9 +45,9 @@ class Case:
 
 
 def _all_cases() -> list[Case]:
-    from faults import inputs, runs
+    from faults import cluster_edge, inputs, runs, sweeps
 
-    cases = [*runs.CASES, *inputs.CASES]
+    cases = [*runs.CASES, *inputs.CASES, *cluster_edge.CASES, *sweeps.CASES]
     ids = [case.id for case in cases]
     duplicated = {i for i in ids if ids.count(i) > 1}
     assert not duplicated, f"duplicate fault ids: {duplicated}"
