@@ -300,12 +300,26 @@ class JobPlan:
     overrides: list[str]
     remote_dir: str
     entrypoint: str
+    cluster_config: dict[str, Any] | None = None
+    """The --cluster file as Ray prepares it (validated), or None for --address jobs."""
 
 
-def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str], job_id: str) -> JobPlan:
-    """Check FILE here (fail fast, exit 2) and build the job's entrypoint."""
+def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str], job_id: str,
+             cluster: str | None = None) -> JobPlan:
+    """Check FILE here (fail fast, exit 2) and build the job's entrypoint.
+
+    With a `cluster` file, GPUs are settled against what it declares: on one that offers Ray no
+    GPU (cluster/aws-g2.yaml), `gpus_per_worker: auto` becomes 0 and an explicit GPU fails now.
+    """
     if kind not in KINDS:
         raise UserError(f"unknown job kind {kind!r}: use one of {', '.join(KINDS)}")
+    cluster_config, cluster_gpus = None, None
+    if cluster:
+        from rsam_dist.cluster_config import validate_cluster_file
+        from rsam_dist.gpu_check import declared_cluster_gpus
+
+        cluster_config = validate_cluster_file(cluster)
+        cluster_gpus = declared_cluster_gpus(cluster_config)
     root = project_root()
     path = Path(file).resolve()
     if not path.is_file():
@@ -318,9 +332,9 @@ def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str]
     overrides = list(overrides)
     job_dir = f"{remote_runs()}/{job_id}"
     if kind == "train":
-        overrides, remote_dir = _plan_train(path, overrides, job_dir)
+        overrides, remote_dir = _plan_train(path, overrides, job_dir, cluster, cluster_gpus)
     else:
-        overrides, remote_dir = _plan_sweep(path, overrides, job_dir)
+        overrides, remote_dir = _plan_sweep(path, overrides, job_dir, cluster, cluster_gpus)
     sets = "".join(f" --set {shlex.quote(text)}" for text in overrides)
     # From the job directory on the head, with the shipped project first on the import path.
     entrypoint = (
@@ -328,14 +342,17 @@ def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str]
         f'PYTHONPATH="$RSAM_PROJECT${{PYTHONPATH:+:$PYTHONPATH}}" '
         f'python -m rsam_dist.cli {kind} "$RSAM_PROJECT"/{shlex.quote(relative)}{sets}'
     )
-    return JobPlan(relative, overrides, remote_dir, entrypoint)
+    return JobPlan(relative, overrides, remote_dir, entrypoint, cluster_config)
 
 
-def _plan_train(path: Path, overrides: list[str], job_dir: str) -> tuple[list[str], str]:
+def _plan_train(path: Path, overrides: list[str], job_dir: str, cluster: str | None,
+                cluster_gpus: float | None) -> tuple[list[str], str]:
     from rsam_dist.config import load_config
+    from rsam_dist.gpu_check import settle_gpus
     from rsam_dist.runs import is_uri
 
     config = load_config(path, overrides)  # a bad file or --set fails here, not on the cluster
+    settle_gpus(config.scaling.gpus_per_worker, cluster_gpus, cluster, "scaling.gpus_per_worker")
     extra = _data_root_override(config.data.root, overrides)
     storage = config.train.storage
     if is_uri(storage) or _is_absolute(storage):
@@ -347,11 +364,16 @@ def _plan_train(path: Path, overrides: list[str], job_dir: str) -> tuple[list[st
     return overrides + extra, job_dir  # relative storage: under the job directory
 
 
-def _plan_sweep(path: Path, overrides: list[str], job_dir: str) -> tuple[list[str], str]:
+def _plan_sweep(path: Path, overrides: list[str], job_dir: str, cluster: str | None,
+                cluster_gpus: float | None) -> tuple[list[str], str]:
+    from rsam_dist.gpu_check import settle_gpus
     from rsam_dist.sweep_config import load_sweep
 
     sweep = load_sweep(path, overrides)  # a bad sweep file or --set fails here
     extra = _data_root_override(sweep.base.data.root, overrides)
+    requested = sweep.spec.trial.gpus_per_worker
+    if settle_gpus(requested, cluster_gpus, cluster, "trial.gpus_per_worker") != requested:
+        extra.append("trial.gpus_per_worker=0")  # auto on a cluster without GPUs: CPU trials
     storage = sweep.spec.storage
     if _is_absolute(storage):
         return overrides + extra, f"{storage.rstrip('/')}/{sweep.spec.name}"
@@ -389,13 +411,11 @@ def submit_job(
     `notify` receives advice that is not an error (e.g. shared storage for multi-node clusters).
     """
     job_id = new_job_id(kind)
-    plan = plan_job(kind, file, overrides, job_id)
+    plan = plan_job(kind, file, overrides, job_id, cluster)
     cluster_path = str(Path(cluster).resolve()) if cluster else None
-    if cluster:
-        from rsam_dist.cluster_config import validate_cluster_file
-
-        prepared = validate_cluster_file(cluster)
-        if notify and "://" not in plan.remote_dir and _has_worker_nodes(prepared):
+    prepared = plan.cluster_config
+    if prepared and notify and "://" not in plan.remote_dir:
+        if _has_worker_nodes(prepared) and not _workers_mount_runs(prepared):
             notify(f"note: outputs go to {plan.remote_dir} on the head; Train workers on other nodes "
                    "keep theirs on their own disks: for checkpoints, --resume and TensorBoard in one "
                    "place add --set train.storage=s3://BUCKET/PATH (see the cluster file's header)")
@@ -425,6 +445,12 @@ def _has_worker_nodes(config: dict[str, Any]) -> bool:
     return any(name != head and node.get("max_workers", 0) > 0
                for name, node in config.get("available_node_types", {}).items()) or (
         config["provider"]["type"] == "local" and config.get("max_workers", 0) > 0)
+
+
+def _workers_mount_runs(config: dict[str, Any]) -> bool:
+    """Workers mount the head's runs directory (cluster/aws-g2.yaml, over NFS): one place already."""
+    return any("mount" in command and Path(REMOTE_RUNS).name in command
+               for command in config.get("worker_setup_commands") or [])
 
 
 # --- status, logs, stop --------------------------------------------------------------------------

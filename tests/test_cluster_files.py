@@ -3,6 +3,12 @@ line. Also the GPU check and the parts of the job commands that need no cluster.
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -12,6 +18,7 @@ from click.testing import CliRunner
 
 from rsam_dist.cli import main
 from rsam_dist.cluster_config import describe_cluster_file, validate_cluster_file
+from rsam_dist.distributed import pick_device
 from rsam_dist.errors import UserError
 from rsam_dist.gpu_check import check_gpu_supported, min_supported_capability
 
@@ -44,17 +51,24 @@ def test_cluster_file_passes_ray_schema_and_our_rules(path):
     assert "RAY_AUTH_MODE=token" in " ".join(config["worker_start_ray_commands"])
     for key in ("head_setup_commands", "worker_setup_commands"):
         setup = " ".join(config[key])
-        assert "pip install -q -r requirements.lock" in setup and "pip install -q --no-deps -e ." in setup
+        assert "pip install -q -r requirements.lock" in setup
+        assert "pip install -q --no-deps --no-build-isolation -e ." in setup
+        assert not re.search(r"\|\s*(sudo\s+)?(ba|da|z)?sh\b", setup)  # nothing piped into a shell
+        assert "sha256sum -c" in setup and "uv-0.13.9" in setup  # uv: a pinned wheel, hash-checked
     assert "~/rsam-dist" in config["file_mounts"] and "~/.ray/auth_token" in config["file_mounts"]
     permissions = (config["provider"].get("security_group") or {}).get("IpPermissions") or []
     assert permissions == []  # Ray's default group: SSH plus intra-cluster traffic only
 
 
-@pytest.mark.parametrize("name", ["aws-g2.yaml", "aws-gpu.yaml", "aws-multi-gpu.yaml"])
-def test_aws_files_use_spot_workers_and_a_cpu_head_with_driver_slots(name):
+@pytest.mark.parametrize("name, head_resources", [
+    ("aws-g2.yaml", {"CPU": 8, "GPU": 0, "train_driver": 8}),  # the g2 head trains on its CPUs too
+    ("aws-gpu.yaml", {"GPU": 0, "train_driver": 4}),
+    ("aws-multi-gpu.yaml", {"GPU": 0, "train_driver": 4}),
+])
+def test_aws_files_use_spot_workers_and_a_head_with_driver_slots(name, head_resources):
     config = validate_cluster_file(REPO_ROOT / "cluster" / name)
     head = config["available_node_types"][config["head_node_type"]]
-    assert head["resources"] == {"GPU": 0, "train_driver": 4}
+    assert head["resources"] == head_resources
     assert "InstanceMarketOptions" not in head["node_config"]  # the head stays on-demand
     workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
     assert workers and all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in workers)
@@ -67,11 +81,44 @@ def test_local_file_gives_the_head_driver_slots():
     assert "--resources='{\"train_driver\":4}'" in config["head_start_ray_commands"][-1]
 
 
-def test_g2_file_says_honestly_that_it_cannot_train():
+def test_g2_file_trains_on_cpus_and_never_offers_ray_the_k520():
+    config = validate_cluster_file(REPO_ROOT / "cluster" / "aws-g2.yaml")
+    node_types = config["available_node_types"]
+    assert {t["node_config"]["InstanceType"] for t in node_types.values()} == {"g2.2xlarge"}
+    assert all(t["resources"]["GPU"] == 0 and t["resources"]["CPU"] == 8 for t in node_types.values())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = config[key][-1]
+        assert "--num-gpus=0" in start and "--num-cpus=8" in start and "CUDA_VISIBLE_DEVICES= " in start
+    # The runs directory is shared, so runs placed on workers keep their files in the head's job dir.
+    assert any("exportfs" in c for c in config["head_setup_commands"])
+    assert any("mount -t nfs $RAY_HEAD_IP:$HOME/rsam-dist-runs ~/rsam-dist-runs" in c
+               for c in config["worker_setup_commands"])
+
+
+def test_g2_header_says_what_it_does_how_fast_and_what_replaces_g2(tmp_path):
     text = (REPO_ROOT / "cluster" / "aws-g2.yaml").read_text()
     header = text.split("cluster_name:")[0]
-    assert "g2.2xlarge" in text and "GRID K520" in header
-    assert "compute" in header and "3.0" in header and "cluster/aws-gpu.yaml" in header
+    assert "GRID K520" in header and "3.0" in header and "--num-gpus=0" in header
+    assert "cluster/aws-gpu.yaml" in header  # for GPU speed
+    assert "ESTIMATE" in header and "20-epoch" in header and " h " in header
+    # The one-line replacement, applied as written, gives a valid file with no g2 left.
+    (old, new), = re.findall(r"sed -i 's/([^/]+)/([^/]+)/' cluster/aws-g2.yaml", header)
+    replaced = tmp_path / "aws-c6i.yaml"
+    replaced.write_text(re.sub(old, new, text))
+    config = validate_cluster_file(replaced)
+    assert {t["node_config"]["InstanceType"] for t in config["available_node_types"].values()} == {"c6i.2xlarge"}
+
+
+def test_g2_node_offering_its_k520_to_ray_fails_in_one_line(tmp_path):
+    config = yaml.safe_load((REPO_ROOT / "cluster" / "aws-g2.yaml").read_text())
+    config["available_node_types"]["g2_worker"]["resources"] = {}  # GPU count left to the instance type
+    path = tmp_path / "g2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError) as caught:
+        validate_cluster_file(path)
+    message = str(caught.value)
+    assert "\n" not in message and "g2_worker (g2.2xlarge)" in message and "GRID K520" in message
+    assert '"GPU": 0' in message and "cluster/aws-gpu.yaml" in message
 
 
 def test_multi_gpu_file_asks_for_shared_storage():
@@ -79,9 +126,10 @@ def test_multi_gpu_file_asks_for_shared_storage():
     assert "train.storage=s3://" in header
 
 
-def test_describe_warns_about_the_paper_gpu():
+def test_describe_says_g2_nodes_train_on_cpus():
     text = describe_cluster_file(REPO_ROOT / "cluster" / "aws-g2.yaml")
-    assert "g2.2xlarge" in text and "note: g2 nodes" in text and "cluster/aws-gpu.yaml" in text
+    assert "g2.2xlarge" in text and "note: g2 nodes train on their CPUs" in text
+    assert "cluster/aws-gpu.yaml" in text and "resources CPU=8 GPU=0" in text
 
 
 def test_describe_summarises_nodes():
@@ -109,6 +157,15 @@ def open_port(port: int, cidr_key: str = "IpRanges", cidr: str = "0.0.0.0/0") ->
     ]}
 
 
+def open_ranges(port: int, *cidrs: str) -> dict:
+    """One rule per range, so the check must add rules up, not read them one at a time."""
+    return {"IpPermissions": [
+        {"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+         **({"IpRanges": [{"CidrIp": c}]} if ":" not in c else {"Ipv6Ranges": [{"CidrIpv6": c}]})}
+        for c in cidrs
+    ]}
+
+
 def dashboard_on_all_interfaces(config: dict) -> None:
     config["head_start_ray_commands"] = [
         "ray stop",
@@ -126,7 +183,49 @@ BAD = {
         lambda c: c["provider"].update(security_group={"IpPermissions": [
             {"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}]}),
         "opens every port to the world"),
+    "world-in-two-halves": (
+        lambda c: c["provider"].update(security_group=open_ranges(8265, "0.0.0.0/1", "128.0.0.0/1")),
+        "opens tcp port 8265 to the world"),
+    "ipv6-world-in-halves": (
+        lambda c: c["provider"].update(security_group=open_ranges(8265, "::/1", "8000::/1")),
+        "opens tcp port 8265 to the world"),
+    "world-unnormalised": (
+        lambda c: c["provider"].update(security_group=open_ranges(6379, "0.0.0.0/0 ")),
+        "opens tcp port 6379 to the world"),
+    "public-slash-8": (
+        lambda c: c["provider"].update(security_group=open_ranges(6379, "100.0.0.0/8")),
+        "opens tcp port 6379 to the world"),
+    "many-small-ranges": (
+        lambda c: c["provider"].update(security_group=open_ranges(
+            8265, *[f"{octet}.0.0.0/16" for octet in (11, 12)])), "131,072 public addresses"),
+    "not-a-range": (
+        lambda c: c["provider"].update(security_group=open_ranges(8265, "my-office")), "not an address range"),
+    "curl-pipe-sh": (
+        lambda c: c["setup_commands"].insert(0, "curl -LsSf https://astral.sh/uv/install.sh | sh"),
+        "pipe a download into a shell"),
+    "wget-pipe-sudo-bash": (
+        lambda c: c["setup_commands"].insert(0, "wget -qO- https://example.com/x.sh | sudo bash"),
+        "pipe a download into a shell"),
+    "unpinned-boto3": (
+        lambda c: c.update(head_setup_commands=['pip install -q "boto3>=1.34"']), "'boto3>=1.34' without"),
     "dashboard-host": (dashboard_on_all_interfaces, "dashboard on all interfaces"),
+    "dashboard-host-spaced": (
+        lambda c: c.update(head_start_ray_commands=["RAY_AUTH_MODE=token ray start --head --dashboard-host 0.0.0.0"]),
+        "dashboard on all interfaces"),
+    "dashboard-on-a-private-ip": (
+        lambda c: c.update(head_start_ray_commands=["RAY_AUTH_MODE=token ray start --head --dashboard-host=10.0.0.5"]),
+        "dashboard on 10.0.0.5"),
+    "token-only-echoed": (
+        lambda c: c.update(worker_start_ray_commands=[
+            "RAY_AUTH_MODE=disabled ray start --address=$RAY_HEAD_IP:6379; echo RAY_AUTH_MODE=token"]),
+        "without token auth"),
+    "token-overridden": (
+        lambda c: c.update(worker_start_ray_commands=[
+            "export RAY_AUTH_MODE=token; RAY_AUTH_MODE=disabled ray start --address=$RAY_HEAD_IP:6379"]),
+        "without token auth"),
+    "ray-start-out-of-sight": (
+        lambda c: c.update(worker_start_ray_commands=["RAY_AUTH_MODE=token bash -c 'ray start --address=x:6379'"]),
+        "cannot find the `ray start`"),
     "ray-default-start": (lambda c: c.pop("head_start_ray_commands"), "dashboard on all interfaces"),
     "no-token": (
         lambda c: c.update(worker_start_ray_commands=["ray start --address=$RAY_HEAD_IP:6379"]),
@@ -147,6 +246,27 @@ def test_bad_cluster_file_fails_with_one_line(tmp_path, case):
         validate_cluster_file(path)
     message = str(caught.value)
     assert "\n" not in message and message.startswith(str(path)) and expected in message
+
+
+@pytest.mark.parametrize("cidrs", [("10.0.0.0/8",), ("172.31.0.0/16", "192.168.1.0/24"), ("203.0.113.0/24",),
+                                   ("11.0.0.0/16",), ("2001:db8::/48",), ("fd00::/8",)],
+                         ids=lambda c: "+".join(c))
+def test_private_or_small_ranges_may_reach_other_ports(tmp_path, cidrs):
+    config = good_config()
+    config["provider"]["security_group"] = open_ranges(8265, *cidrs)
+    path = tmp_path / "narrow.yaml"
+    path.write_text(yaml.safe_dump(config))
+    validate_cluster_file(path)
+
+
+def test_token_auth_may_be_exported_before_ray_start(tmp_path):
+    config = good_config()
+    config["worker_start_ray_commands"] = [
+        "ray stop", "ulimit -n 65536; export RAY_AUTH_MODE=token && ray start --address=$RAY_HEAD_IP:6379"]
+    config["head_start_ray_commands"] = ["RAY_AUTH_MODE=token ray start --head --dashboard-host localhost"]
+    path = tmp_path / "exported.yaml"
+    path.write_text(yaml.safe_dump(config))
+    validate_cluster_file(path)
 
 
 def test_ssh_may_be_open_to_the_world(tmp_path):
@@ -213,6 +333,96 @@ def test_gpu_check_on_this_machine_does_not_raise_without_a_gpu():
     check_gpu_supported()
 
 
+@pytest.fixture
+def k520_node(monkeypatch):
+    """torch sees a GRID K520, as on a g2 node where CUDA works at all; every probe is recorded and
+    warns the way a driver too old for this CUDA build makes torch warn."""
+    import torch
+
+    probes = []
+
+    def probe(name, value):
+        def call(*args, **kwargs):
+            probes.append(name)
+            warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old", stacklevel=2)
+            return value
+        return call
+
+    for name, value in [("is_available", True), ("device_count", 1), ("get_device_capability", (3, 0)),
+                        ("get_arch_list", CU13_ARCHS), ("get_device_name", "GRID K520"),
+                        ("current_device", 0), ("init", None)]:
+        monkeypatch.setattr(torch.cuda, name, probe(name, value))
+    return probes
+
+
+def test_worker_given_no_gpu_picks_the_cpu_without_touching_cuda(k520_node, caplog):
+    """A worker on a node that advertises no GPU (scaling.gpus_per_worker=0): CPU, silently."""
+    import torch
+
+    from rsam_dist.config import Config
+    from rsam_dist.distributed import World
+    from rsam_dist.training import build_state
+
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        device = pick_device("auto", gpu_assigned=False)
+        state = build_state(Config.model_validate({"model": {"glimpses": 1}}), device, World())
+        state.state_dict()  # each epoch's checkpoint must not probe CUDA either
+    assert device == torch.device("cpu")
+    assert k520_node == [] and [str(w.message) for w in caught] == [] and caplog.records == []
+
+
+def test_without_the_assignment_the_same_node_would_probe_and_refuse(k520_node):
+    """What a worker that asks CUDA instead of Ray does there: it finds the K520 and stops."""
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError, match="GRID K520"):
+        warnings.simplefilter("always")
+        pick_device("auto")
+    assert "is_available" in k520_node and caught
+
+
+@pytest.mark.filterwarnings("ignore:CUDA initialization")  # the fake driver's, on purpose
+def test_worker_explicitly_given_the_k520_fails_fast_with_the_one_line_error(k520_node):
+    with pytest.raises(UserError) as caught:
+        pick_device("auto", gpu_assigned=True)
+    with pytest.raises(UserError) as direct:
+        check_gpu_supported(gpu_assigned=True)
+    assert str(caught.value) == str(direct.value)  # today's error, word for word
+    assert "GRID K520" in str(caught.value) and "cluster/aws-gpu.yaml" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_device_cuda_on_a_worker_given_no_gpu_is_one_line(k520_node):
+    with pytest.raises(UserError, match="asks Ray for no GPU") as caught:
+        pick_device("cuda", gpu_assigned=False)
+    assert "\n" not in str(caught.value) and k520_node == []
+
+
+def test_g2_start_environment_keeps_torch_away_from_the_gpu():
+    """The env the g2 start commands give Ray's processes answers torch.cuda.is_available() with
+    False without calling into CUDA (here a call would raise), so Ray's own probes are silent too."""
+    import torch
+
+    if not torch.backends.cuda.is_built():
+        pytest.skip("a CPU-only torch never probes CUDA; requirements.lock pins the CUDA build")
+    config = validate_cluster_file(REPO_ROOT / "cluster" / "aws-g2.yaml")
+    code = ("import torch\n"
+            "def probed(): raise SystemExit('CUDA was probed')\n"
+            "torch._C._cuda_getDeviceCount = probed\n"
+            "print(torch.cuda.is_available())")
+    names = ("CUDA_VISIBLE_DEVICES", "PYTORCH_NVML_BASED_CUDA_CHECK")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assignments = re.findall(rf"\b({'|'.join(names)})=(\S*)", config[key][-1])
+        assert len(assignments) == 2
+        result = subprocess.run([sys.executable, "-c", code], env={**env, **dict(assignments)},
+                                capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout.strip()) == (0, "False"), result.stderr[-500:]
+    # Control: without that env the same script does call into CUDA.
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "CUDA was probed" in result.stderr
+
+
 # --- job commands that need no cluster ---------------------------------------------------------
 
 
@@ -276,6 +486,42 @@ def test_job_plan_runs_from_the_job_directory(rsam_home):
     assert 'python -m rsam_dist.cli train "$RSAM_PROJECT"/configs/digits.yaml --set train.epochs=1' in plan.entrypoint
     s3 = plan_job("train", REPO_ROOT / "configs" / "digits.yaml", ["train.storage=s3://b/runs"], "rsam-train-y")
     assert s3.remote_dir == "s3://b/runs/rsam-train-y" and "train.name=rsam-train-y" in s3.overrides
+
+
+def test_job_plan_for_a_sweep_on_g2_places_cpu_trials(rsam_home):
+    from rsam_dist.jobs import plan_job
+    from rsam_dist.ray_train import build_trainer
+    from rsam_dist.sweep_config import load_sweep
+
+    g2 = str(REPO_ROOT / "cluster" / "aws-g2.yaml")
+    plan = plan_job("sweep", REPO_ROOT / "sweeps" / "glimpses.yaml", [], "rsam-sweep-x", cluster=g2)
+    assert "trial.gpus_per_worker=0" in plan.overrides  # `auto`, settled before any node is up
+    assert "--set trial.gpus_per_worker=0" in plan.entrypoint
+    sweep = load_sweep(REPO_ROOT / "sweeps" / "glimpses.yaml", plan.overrides).for_cluster(cluster_gpus=0)
+    trial = sweep.trial_config({"model.glimpses": 4, "train.seed": 0})
+    scaling = build_trainer(trial, "/tmp/rsam-test-runs/x/trials/t0").scaling_config
+    assert scaling.use_gpu is False and scaling.resources_per_worker == {"CPU": 1.0}  # packed by CPUs
+
+
+def test_job_plan_leaves_auto_to_a_cluster_that_may_have_gpus(rsam_home):
+    from rsam_dist.jobs import plan_job
+
+    gpu = str(REPO_ROOT / "cluster" / "aws-gpu.yaml")  # GPU count read from the instance type by Ray
+    plan = plan_job("sweep", REPO_ROOT / "sweeps" / "glimpses.yaml", [], "rsam-sweep-y", cluster=gpu)
+    assert not any(text.startswith("trial.gpus_per_worker") for text in plan.overrides)
+
+
+@pytest.mark.parametrize("kind, file, override", [
+    ("sweep", "sweeps/glimpses.yaml", "trial.gpus_per_worker=0.25"),
+    ("train", "configs/cifar10.yaml", "scaling.gpus_per_worker=1"),
+])
+def test_job_asking_g2_for_a_gpu_fails_at_submit_in_one_line(rsam_home, kind, file, override):
+    result = CliRunner().invoke(cluster_cli(), [
+        "submit", kind, str(REPO_ROOT / file), "--set", override,
+        "--cluster", str(REPO_ROOT / "cluster" / "aws-g2.yaml"),
+    ])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "offers Ray no GPU" in result.stderr and "cluster/aws-gpu.yaml" in result.stderr
 
 
 def test_tensorboard_collects_local_event_files(rsam_home, tmp_path):
