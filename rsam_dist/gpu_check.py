@@ -6,6 +6,11 @@ and current NVIDIA drivers no longer load on Kepler GPUs at all, so such a worke
 CUDA device or one it has no kernels for. Either way the run stops here with one line that says
 which GPU, why, and which cluster config works.
 
+Nodes that carry such a GPU can still train on their CPUs: cluster/aws-g2.yaml starts Ray there
+with `--num-gpus=0` and node `resources` of GPU 0, so nothing is ever given the GPU. For cluster
+files, `check_unsupported_gpus_hidden` holds every such node type to that, and `settle_gpus`
+plans a job against the GPUs a file declares (before any node is up, Ray itself sees none).
+
     python -m rsam_dist.gpu_check          # prints what this machine has, exits 2 if unsupported
 """
 
@@ -14,10 +19,14 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from rsam_dist.errors import UserError
 
 WORKING_CONFIG = "use cluster/aws-gpu.yaml (g5/g6 instances)"
+UNSUPPORTED_GPU_INSTANCES = {"g2.": "GRID K520 (compute capability 3.0)"}
+"""AWS instance families (InstanceType prefixes) whose GPU is below this PyTorch's sm_75 floor."""
 _SM_ARCH = re.compile(r"^sm_(\d+)(\d)[a-z]?$")  # sm_75, sm_90a, sm_100, sm_120
 
 
@@ -70,6 +79,57 @@ def check_gpu_supported(
         f"GPU {name} has compute capability {major}.{minor} but this PyTorch build runs on "
         f"{minimum[0]}.{minimum[1]} and newer ({', '.join(arch_list)}); {WORKING_CONFIG}"
     )
+
+
+def unsupported_gpu(instance_type: str) -> str | None:
+    """The GPU of `instance_type` if this PyTorch cannot run it (g2.2xlarge: the GRID K520), else None."""
+    return next((gpu for prefix, gpu in UNSUPPORTED_GPU_INSTANCES.items() if instance_type.startswith(prefix)),
+                None)
+
+
+def check_unsupported_gpus_hidden(path: str | Path, config: dict[str, Any]) -> None:
+    """Every node type with an unsupported GPU declares GPU 0, so Ray plans CPU work on it.
+
+    Left to the instance type, Ray would count the K520 and place GPU trials there, each of which
+    would then stop with the error above.
+    """
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        instance = str((node_type.get("node_config") or {}).get("InstanceType", ""))
+        gpu = unsupported_gpu(instance)
+        if gpu and (node_type.get("resources") or {}).get("GPU") != 0:
+            raise UserError(
+                f"{path}: node type {name} ({instance}) would offer Ray its {gpu}, which this PyTorch "
+                'cannot run: give it resources {"CPU": N, "GPU": 0} (and ray start --num-gpus=0) to '
+                f"train on its CPUs, or {WORKING_CONFIG}"
+            )
+
+
+def declared_cluster_gpus(config: dict[str, Any]) -> float | None:
+    """GPUs a prepared cluster config offers Ray at full size; None if any node type leaves its
+    GPU count to the instance type (then only the running cluster can tell)."""
+    total = 0.0
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        resources = node_type.get("resources") or {}
+        if "GPU" not in resources:
+            return None
+        count = 1 if name == config.get("head_node_type") else node_type.get("max_workers", 0)
+        total += resources["GPU"] * count
+    return total if config.get("available_node_types") else None
+
+
+def settle_gpus(requested: float | str, cluster_gpus: float | None, cluster: str | None, key: str) -> float | str:
+    """GPUs per worker for a job on a cluster that declares `cluster_gpus`: `auto` becomes 0 where it
+    declares none; an explicit GPU there fails now, in one line, instead of waiting forever for one."""
+    if cluster_gpus != 0:
+        return requested
+    if requested == "auto":
+        return 0.0
+    if requested:
+        raise UserError(
+            f"{key}={requested:g} but {cluster} offers Ray no GPU (its nodes train on CPUs): drop {key} "
+            f"to train there, or {WORKING_CONFIG}"
+        )
+    return requested
 
 
 def main() -> int:

@@ -3,6 +3,7 @@ line. Token auth and the dashboard host are read from each command as the shell 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,17 +36,24 @@ def test_cluster_file_passes_ray_schema_and_our_rules(path):
     assert "RAY_AUTH_MODE=token" in " ".join(config["worker_start_ray_commands"])
     for key in ("head_setup_commands", "worker_setup_commands"):
         setup = " ".join(config[key])
-        assert "pip install -q -r requirements.lock" in setup and "pip install -q --no-deps -e ." in setup
+        assert "pip install -q -r requirements.lock" in setup
+        assert "pip install -q --no-deps --no-build-isolation -e ." in setup
+        assert not re.search(r"\|\s*(sudo\s+)?(ba|da|z)?sh\b", setup)  # nothing piped into a shell
+        assert "sha256sum -c" in setup and "uv-0.13.9" in setup  # uv: a pinned wheel, hash-checked
     assert "~/rsam-dist" in config["file_mounts"] and "~/.ray/auth_token" in config["file_mounts"]
     permissions = (config["provider"].get("security_group") or {}).get("IpPermissions") or []
     assert permissions == []  # Ray's default group: SSH plus intra-cluster traffic only
 
 
-@pytest.mark.parametrize("name", ["aws-g2.yaml", "aws-gpu.yaml", "aws-multi-gpu.yaml"])
-def test_aws_files_use_spot_workers_and_a_cpu_head_with_driver_slots(name):
+@pytest.mark.parametrize("name, head_resources", [
+    ("aws-g2.yaml", {"CPU": 8, "GPU": 0, "train_driver": 8}),  # the g2 head trains on its CPUs too
+    ("aws-gpu.yaml", {"GPU": 0, "train_driver": 4}),
+    ("aws-multi-gpu.yaml", {"GPU": 0, "train_driver": 4}),
+])
+def test_aws_files_use_spot_workers_and_a_head_with_driver_slots(name, head_resources):
     config = validate_cluster_file(REPO_ROOT / "cluster" / name)
     head = config["available_node_types"][config["head_node_type"]]
-    assert head["resources"] == {"GPU": 0, "train_driver": 4}
+    assert head["resources"] == head_resources
     assert "InstanceMarketOptions" not in head["node_config"]  # the head stays on-demand
     workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
     assert workers and all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in workers)
@@ -58,11 +66,44 @@ def test_local_file_gives_the_head_driver_slots():
     assert "--resources='{\"train_driver\":4}'" in config["head_start_ray_commands"][-1]
 
 
-def test_g2_file_says_honestly_that_it_cannot_train():
+def test_g2_file_trains_on_cpus_and_never_offers_ray_the_k520():
+    config = validate_cluster_file(REPO_ROOT / "cluster" / "aws-g2.yaml")
+    node_types = config["available_node_types"]
+    assert {t["node_config"]["InstanceType"] for t in node_types.values()} == {"g2.2xlarge"}
+    assert all(t["resources"]["GPU"] == 0 and t["resources"]["CPU"] == 8 for t in node_types.values())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = config[key][-1]
+        assert "--num-gpus=0" in start and "--num-cpus=8" in start and "CUDA_VISIBLE_DEVICES= " in start
+    # The runs directory is shared, so runs placed on workers keep their files in the head's job dir.
+    assert any("exportfs" in c for c in config["head_setup_commands"])
+    assert any("mount -t nfs $RAY_HEAD_IP:$HOME/rsam-dist-runs ~/rsam-dist-runs" in c
+               for c in config["worker_setup_commands"])
+
+
+def test_g2_header_says_what_it_does_how_fast_and_what_replaces_g2(tmp_path):
     text = (REPO_ROOT / "cluster" / "aws-g2.yaml").read_text()
     header = text.split("cluster_name:")[0]
-    assert "g2.2xlarge" in text and "GRID K520" in header
-    assert "compute" in header and "3.0" in header and "cluster/aws-gpu.yaml" in header
+    assert "GRID K520" in header and "3.0" in header and "--num-gpus=0" in header
+    assert "cluster/aws-gpu.yaml" in header  # for GPU speed
+    assert "ESTIMATE" in header and "20-epoch" in header and " h " in header
+    # The one-line replacement, applied as written, gives a valid file with no g2 left.
+    (old, new), = re.findall(r"sed -i 's/([^/]+)/([^/]+)/' cluster/aws-g2.yaml", header)
+    replaced = tmp_path / "aws-c6i.yaml"
+    replaced.write_text(re.sub(old, new, text))
+    config = validate_cluster_file(replaced)
+    assert {t["node_config"]["InstanceType"] for t in config["available_node_types"].values()} == {"c6i.2xlarge"}
+
+
+def test_g2_node_offering_its_k520_to_ray_fails_in_one_line(tmp_path):
+    config = yaml.safe_load((REPO_ROOT / "cluster" / "aws-g2.yaml").read_text())
+    config["available_node_types"]["g2_worker"]["resources"] = {}  # GPU count left to the instance type
+    path = tmp_path / "g2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError) as caught:
+        validate_cluster_file(path)
+    message = str(caught.value)
+    assert "\n" not in message and "g2_worker (g2.2xlarge)" in message and "GRID K520" in message
+    assert '"GPU": 0' in message and "cluster/aws-gpu.yaml" in message
 
 
 def test_multi_gpu_file_asks_for_shared_storage():
@@ -70,9 +111,10 @@ def test_multi_gpu_file_asks_for_shared_storage():
     assert "train.storage=s3://" in header
 
 
-def test_describe_warns_about_the_paper_gpu():
+def test_describe_says_g2_nodes_train_on_cpus():
     text = describe_cluster_file(REPO_ROOT / "cluster" / "aws-g2.yaml")
-    assert "g2.2xlarge" in text and "note: g2 nodes" in text and "cluster/aws-gpu.yaml" in text
+    assert "g2.2xlarge" in text and "note: g2 nodes train on their CPUs" in text
+    assert "cluster/aws-gpu.yaml" in text and "resources CPU=8 GPU=0" in text
 
 
 def test_describe_summarises_nodes():
@@ -112,6 +154,15 @@ def open_port(port: int, cidr_key: str = "IpRanges", cidr: str = "0.0.0.0/0") ->
     ]}
 
 
+def open_ranges(port: int, *cidrs: str) -> dict:
+    """One rule per range, so the check must add rules up, not read them one at a time."""
+    return {"IpPermissions": [
+        {"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+         **({"IpRanges": [{"CidrIp": c}]} if ":" not in c else {"Ipv6Ranges": [{"CidrIpv6": c}]})}
+        for c in cidrs
+    ]}
+
+
 def dashboard_on_all_interfaces(config: dict) -> None:
     config["head_start_ray_commands"] = [
         "ray stop",
@@ -129,7 +180,49 @@ BAD = {
         lambda c: c["provider"].update(security_group={"IpPermissions": [
             {"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}]}),
         "opens every port to the world"),
+    "world-in-two-halves": (
+        lambda c: c["provider"].update(security_group=open_ranges(8265, "0.0.0.0/1", "128.0.0.0/1")),
+        "opens tcp port 8265 to the world"),
+    "ipv6-world-in-halves": (
+        lambda c: c["provider"].update(security_group=open_ranges(8265, "::/1", "8000::/1")),
+        "opens tcp port 8265 to the world"),
+    "world-unnormalised": (
+        lambda c: c["provider"].update(security_group=open_ranges(6379, "0.0.0.0/0 ")),
+        "opens tcp port 6379 to the world"),
+    "public-slash-8": (
+        lambda c: c["provider"].update(security_group=open_ranges(6379, "100.0.0.0/8")),
+        "opens tcp port 6379 to the world"),
+    "many-small-ranges": (
+        lambda c: c["provider"].update(security_group=open_ranges(
+            8265, *[f"{octet}.0.0.0/16" for octet in (11, 12)])), "131,072 public addresses"),
+    "not-a-range": (
+        lambda c: c["provider"].update(security_group=open_ranges(8265, "my-office")), "not an address range"),
+    "curl-pipe-sh": (
+        lambda c: c["setup_commands"].insert(0, "curl -LsSf https://astral.sh/uv/install.sh | sh"),
+        "pipe a download into a shell"),
+    "wget-pipe-sudo-bash": (
+        lambda c: c["setup_commands"].insert(0, "wget -qO- https://example.com/x.sh | sudo bash"),
+        "pipe a download into a shell"),
+    "unpinned-boto3": (
+        lambda c: c.update(head_setup_commands=['pip install -q "boto3>=1.34"']), "'boto3>=1.34' without"),
     "dashboard-host": (dashboard_on_all_interfaces, "dashboard on all interfaces"),
+    "dashboard-host-spaced": (
+        lambda c: c.update(head_start_ray_commands=["RAY_AUTH_MODE=token ray start --head --dashboard-host 0.0.0.0"]),
+        "dashboard on all interfaces"),
+    "dashboard-on-a-private-ip": (
+        lambda c: c.update(head_start_ray_commands=["RAY_AUTH_MODE=token ray start --head --dashboard-host=10.0.0.5"]),
+        "dashboard on 10.0.0.5"),
+    "token-only-echoed": (
+        lambda c: c.update(worker_start_ray_commands=[
+            "RAY_AUTH_MODE=disabled ray start --address=$RAY_HEAD_IP:6379; echo RAY_AUTH_MODE=token"]),
+        "without token auth"),
+    "token-overridden": (
+        lambda c: c.update(worker_start_ray_commands=[
+            "export RAY_AUTH_MODE=token; RAY_AUTH_MODE=disabled ray start --address=$RAY_HEAD_IP:6379"]),
+        "without token auth"),
+    "ray-start-out-of-sight": (
+        lambda c: c.update(worker_start_ray_commands=["RAY_AUTH_MODE=token bash -c 'ray start --address=x:6379'"]),
+        "cannot find the `ray start`"),
     "ray-default-start": (lambda c: c.pop("head_start_ray_commands"), "dashboard on all interfaces"),
     "no-token": (
         lambda c: c.update(worker_start_ray_commands=["ray start --address=$RAY_HEAD_IP:6379"]),
@@ -150,6 +243,27 @@ def test_bad_cluster_file_fails_with_one_line(tmp_path, case):
         validate_cluster_file(path)
     message = str(caught.value)
     assert "\n" not in message and message.startswith(str(path)) and expected in message
+
+
+@pytest.mark.parametrize("cidrs", [("10.0.0.0/8",), ("172.31.0.0/16", "192.168.1.0/24"), ("203.0.113.0/24",),
+                                   ("11.0.0.0/16",), ("2001:db8::/48",), ("fd00::/8",)],
+                         ids=lambda c: "+".join(c))
+def test_private_or_small_ranges_may_reach_other_ports(tmp_path, cidrs):
+    config = good_config()
+    config["provider"]["security_group"] = open_ranges(8265, *cidrs)
+    path = tmp_path / "narrow.yaml"
+    path.write_text(yaml.safe_dump(config))
+    validate_cluster_file(path)
+
+
+def test_token_auth_may_be_exported_before_ray_start(tmp_path):
+    config = good_config()
+    config["worker_start_ray_commands"] = [
+        "ray stop", "ulimit -n 65536; export RAY_AUTH_MODE=token && ray start --address=$RAY_HEAD_IP:6379"]
+    config["head_start_ray_commands"] = ["RAY_AUTH_MODE=token ray start --head --dashboard-host localhost"]
+    path = tmp_path / "exported.yaml"
+    path.write_text(yaml.safe_dump(config))
+    validate_cluster_file(path)
 
 
 def test_ssh_may_be_open_to_the_world(tmp_path):

@@ -625,3 +625,40 @@ def test_sweep_job(ray_head, job_env):
     out = job_env / "tb-sweep"
     run("tensorboard", "--job", job_id, "--out", str(out), "--no-launch")
     assert len({path.parent for path in out.rglob("events.out.tfevents.*")}) >= 2  # one per trial at least
+
+
+def test_job_plan_for_a_sweep_on_g2_places_cpu_trials(rsam_home):
+    from rsam_dist.jobs.jobs import plan_job
+    from rsam_dist.ray_train import build_trainer
+    from rsam_dist.runs import RunDir
+    from rsam_dist.sweep.config import load_sweep
+
+    g2 = str(REPO_ROOT / "cluster" / "aws-g2.yaml")
+    plan = plan_job("sweep", REPO_ROOT / "sweeps" / "glimpses.yaml", [], "rsam-sweep-x", cluster=g2)
+    assert "trial.gpus_per_worker=0" in plan.overrides  # `auto`, settled before any node is up
+    assert "--set trial.gpus_per_worker=0" in plan.entrypoint
+    sweep = load_sweep(REPO_ROOT / "sweeps" / "glimpses.yaml", plan.overrides).for_cluster(cluster_gpus=0)
+    trial = sweep.trial_config({"model.glimpses": 4, "train.seed": 0})
+    scaling = build_trainer(trial, RunDir("/tmp/rsam-test-runs/x/trials", "t0")).scaling_config
+    assert scaling.use_gpu is False and scaling.resources_per_worker == {"CPU": 1.0}  # packed by CPUs
+
+
+def test_job_plan_leaves_auto_to_a_cluster_that_may_have_gpus(rsam_home):
+    from rsam_dist.jobs.jobs import plan_job
+
+    gpu = str(REPO_ROOT / "cluster" / "aws-gpu.yaml")  # GPU count read from the instance type by Ray
+    plan = plan_job("sweep", REPO_ROOT / "sweeps" / "glimpses.yaml", [], "rsam-sweep-y", cluster=gpu)
+    assert not any(text.startswith("trial.gpus_per_worker") for text in plan.overrides)
+
+
+@pytest.mark.parametrize("kind, file, override", [
+    ("sweep", "sweeps/glimpses.yaml", "trial.gpus_per_worker=0.25"),
+    ("train", "configs/cifar10.yaml", "scaling.gpus_per_worker=1"),
+])
+def test_job_asking_g2_for_a_gpu_fails_at_submit_in_one_line(rsam_home, kind, file, override):
+    result = CliRunner().invoke(main, [
+        "submit", kind, str(REPO_ROOT / file), "--set", override,
+        "--cluster", str(REPO_ROOT / "cluster" / "aws-g2.yaml"),
+    ])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "offers Ray no GPU" in result.stderr and "cluster/aws-gpu.yaml" in result.stderr

@@ -7,13 +7,16 @@ Two layers, both run by `rsam-dist validate cluster/X.yaml`:
    a bad head_node_type, min_workers over max_workers, an unknown provider). Private API, but
    it is exactly what `ray up` runs first; it needs no boto3 and no cloud account.
 2. Ours, on the *prepared* config (so a default that Ray fills in is checked too):
-   - no security-group rule opens a port other than 22 to 0.0.0.0/0 or ::/0;
+   - no security-group rule opens a port other than 22 to public addresses wider than a /16
+     (IPv4) or /48 (IPv6), reasoned as address ranges (0.0.0.0/1 + 128.0.0.0/1 is the world);
    - the head's dashboard listens on loopback only (Ray's AWS default is 0.0.0.0; reach it
      through `ray dashboard FILE`, an SSH port-forward);
    - every `ray start` runs with RAY_AUTH_MODE=token in force: each command is parsed and the
      variable followed through the shell (rsam_dist.jobs.start_commands), not searched for;
    - every node installs rsam-dist pinned: `pip install -r requirements.lock`, then
-     `pip install --no-deps -e .`.
+     `pip install --no-deps -e .`; every other pip install names exact versions (==), and no
+     setup command pipes a download into a shell (curl ... | sh);
+   - a node type whose GPU this PyTorch cannot run (g2: GRID K520) declares GPU 0 (gpu_check).
 
 Every failure is a one-line UserError naming the file and the fix.
 """
@@ -22,22 +25,32 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 from rsam_dist.config import read_yaml
 from rsam_dist.errors import UserError
+from rsam_dist.gpu_check import check_unsupported_gpus_hidden, unsupported_gpu
 from rsam_dist.jobs.dashboard import one_line, quiet_ray_logs
 from rsam_dist.jobs.start_commands import UNKNOWN, RayStart, UnclearCommand, ray_starts
 
-WORLD_CIDRS = {"0.0.0.0/0", "::/0"}
 SSH_PORT = 22
+# Non-SSH ports may be opened to private ranges, or to at most this many public addresses (all
+# rules together): an office's /24 is fine, 0.0.0.0/1 + 128.0.0.0/1 (the whole internet) is not.
+MAX_PUBLIC_ADDRESSES = {4: 2**16, 6: 2**80}  # a /16, a /48
+PRIVATE_RANGES = [ipaddress.ip_network(net) for net in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10", "::1/128")]
+_PIPE_TO_SHELL = re.compile(r"\b(curl|wget)\b[^;&|]*\|\s*(sudo\s+)?(\S*/)?(ba|da|z)?sh\b")
+_PIP_INSTALL = re.compile(r"\bpip3?\s+install\s+([^;&|]*)")
+_PIP_VALUE_OPTIONS = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "--python", "-i",
+                      "--index-url", "--extra-index-url", "-f", "--find-links", "-t", "--target"}
 _LOCK_INSTALL = re.compile(r"pip3? install\b[^;&|]*\s-r\s+\S*requirements\.lock\b")
 _EDITABLE_INSTALL = re.compile(r"pip3? install\b[^;&|]*--no-deps\b[^;&|]*\s-e\s+\S+")
 COMMAND_KEYS = ("head_start_ray_commands", "worker_start_ray_commands", "initialization_commands",
                 "setup_commands", "head_setup_commands", "worker_setup_commands")
 """Every command list of a cluster file, the start commands first (a `ray start` may hide in any)."""
-UNSUPPORTED_GPU_FAMILIES = ("g2.",)  # Kepler GRID K520: below the sm_75 floor of current torch wheels
 
 
 def validate_cluster_file(path: str | Path) -> dict[str, Any]:
@@ -46,6 +59,7 @@ def validate_cluster_file(path: str | Path) -> dict[str, Any]:
     prepared = _ray_prepare_and_validate(path, raw)
     check_security_rules(path, prepared)
     check_pinned_install(path, prepared)
+    check_unsupported_gpus_hidden(path, prepared)
     return prepared
 
 
@@ -69,9 +83,9 @@ def describe_cluster_file(path: str | Path) -> str:
         lines.extend(_describe_node_types(config))
     instance_types = {str((t.get("node_config") or {}).get("InstanceType", "")) for t in
                       config["available_node_types"].values()}
-    if any(name.startswith(UNSUPPORTED_GPU_FAMILIES) for name in instance_types):
-        lines.append("note: g2 nodes carry the GRID K520 (compute capability 3.0), which current PyTorch "
-                     "cannot use: runs stop with an error; train on cluster/aws-gpu.yaml")
+    if any(unsupported_gpu(name) for name in instance_types):
+        lines.append("note: g2 nodes train on their CPUs; their GRID K520 (compute capability 3.0) is not "
+                     "offered to Ray, as current PyTorch cannot run it; for GPU speed use cluster/aws-gpu.yaml")
     lines.append(f"start: ray up {path}    dashboard: ray dashboard {path}    stop: ray down {path}")
     return "\n".join(lines)
 
@@ -152,15 +166,23 @@ def _check_local_provider(path: str | Path, raw: dict[str, Any]) -> None:
 
 
 def check_security_rules(path: str | Path, config: dict[str, Any]) -> None:
-    """No port but SSH open to the world; dashboard on loopback; token auth on every ray start."""
+    """No port but SSH open to the internet; dashboard on loopback; token auth on every ray start."""
     permissions = (config["provider"].get("security_group") or {}).get("IpPermissions") or []
+    public: dict[int, list] = {4: [], 6: []}  # public ranges opened for ports other than SSH, so far
     for permission in permissions:
-        if _open_to_world(permission) and not _ssh_only(permission):
-            ports = _port_text(permission)
-            raise UserError(
-                f"{path}: provider.security_group.IpPermissions opens {ports} to the world; only SSH "
-                "(22) may be: remove the rule and reach the dashboard with `ray dashboard FILE`"
-            )
+        if _ssh_only(permission):
+            continue
+        for network in _networks(path, permission):
+            if any(network.version == private.version and network.subnet_of(private) for private in PRIVATE_RANGES):
+                continue
+            public[network.version].append(network)
+            exposed = sum(n.num_addresses for n in ipaddress.collapse_addresses(public[network.version]))
+            if exposed > MAX_PUBLIC_ADDRESSES[network.version]:
+                raise UserError(
+                    f"{path}: provider.security_group.IpPermissions opens {_port_text(permission)} to the world "
+                    f"({network}; {exposed:,} public addresses with the rules before it); only SSH (22) may "
+                    "be: remove the rule and reach the dashboard with `ray dashboard FILE`"
+                )
     check_ray_starts(path, config)
 
 
@@ -218,7 +240,8 @@ def _auth_text(start: RayStart) -> str:
 
 
 def check_pinned_install(path: str | Path, config: dict[str, Any]) -> None:
-    """Head and workers both install the lock file and then rsam-dist itself without deps."""
+    """Head and workers both install the lock file and then rsam-dist itself without deps; nothing
+    else they install floats (unpinned pip requirements, an installer piped into a shell)."""
     for key in ("head_setup_commands", "worker_setup_commands"):  # setup_commands merged into both
         commands = list(config.get(key) or [])
         if not any(_LOCK_INSTALL.search(c) for c in commands):
@@ -227,12 +250,46 @@ def check_pinned_install(path: str | Path, config: dict[str, Any]) -> None:
         if not any(_EDITABLE_INSTALL.search(c) for c in commands):
             raise UserError(f"{path}: {key} (with setup_commands) never run `pip install --no-deps -e .` "
                             "in the copied project; add it after the requirements.lock install")
+        for command in commands:
+            if piped := _PIPE_TO_SHELL.search(command):
+                raise UserError(f"{path}: {key} pipe a download into a shell ({piped.group(0)}); download a "
+                                "pinned file, check its sha256 (sha256sum -c), then run it")
+            for requirement in _unpinned_requirements(command):
+                name = re.split(r"[<>=~!\[;\s]", requirement)[0]
+                raise UserError(f"{path}: {key} install {requirement!r} without an exact version; "
+                                f"pin it: pip install '{name}==X.Y.Z'")
 
 
-def _open_to_world(permission: dict[str, Any]) -> bool:
-    ipv4 = {r.get("CidrIp") for r in permission.get("IpRanges") or []}
-    ipv6 = {r.get("CidrIpv6") for r in permission.get("Ipv6Ranges") or []}
-    return bool((ipv4 | ipv6) & WORLD_CIDRS)
+def _unpinned_requirements(command: str) -> list[str]:
+    """Requirements a `pip install` (or `uv pip install`) in `command` names without `==`."""
+    found = []
+    for match in _PIP_INSTALL.finditer(command):
+        try:
+            tokens = shlex.split(match.group(1), comments=True)
+        except ValueError:
+            tokens = match.group(1).split()
+        takes_value = False
+        for token in tokens:
+            if takes_value:
+                takes_value = False
+            elif token.startswith("-"):
+                takes_value = token in _PIP_VALUE_OPTIONS
+            elif "==" not in token and not token.startswith((".", "/", "~")) and not token.endswith(".whl"):
+                found.append(token)
+    return found
+
+
+def _networks(path: str | Path, permission: dict[str, Any]) -> list:
+    ranges = [r.get("CidrIp") for r in permission.get("IpRanges") or []]
+    ranges += [r.get("CidrIpv6") for r in permission.get("Ipv6Ranges") or []]
+    networks = []
+    for text in ranges:
+        try:
+            networks.append(ipaddress.ip_network(str(text).strip(), strict=False))
+        except ValueError:
+            raise UserError(f"{path}: provider.security_group.IpPermissions: {text!r} is not an address "
+                            "range (use CIDR notation, e.g. 203.0.113.7/32)") from None
+    return networks
 
 
 def _ssh_only(permission: dict[str, Any]) -> bool:

@@ -218,12 +218,25 @@ class JobPlan:
     overrides: list[str]
     remote_dir: str
     entrypoint: str
+    cluster_config: dict[str, Any] | None = None
+    """The --cluster file as Ray prepares it (validated), or None for --address jobs."""
 
 
-def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str], job_id: str) -> JobPlan:
-    """Check FILE here (fail fast, exit 2) and build the job's entrypoint."""
+def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str], job_id: str,
+             cluster: str | None = None) -> JobPlan:
+    """Check FILE here (fail fast, exit 2) and build the job's entrypoint.
+
+    With a `cluster` file, GPUs are settled against what it declares: on one that offers Ray no
+    GPU (cluster/aws-g2.yaml), `gpus_per_worker: auto` becomes 0 and an explicit GPU fails now.
+    """
+    from rsam_dist.gpu_check import declared_cluster_gpus
+
     if kind not in get_args(JobKind):
         raise UserError(f"unknown job kind {kind!r}: use one of {', '.join(get_args(JobKind))}")
+    cluster_config, cluster_gpus = None, None
+    if cluster:
+        cluster_config = validate_cluster_file(cluster)
+        cluster_gpus = declared_cluster_gpus(cluster_config)
     root = project_root()
     path = Path(file).resolve()
     if not path.is_file():
@@ -236,9 +249,9 @@ def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str]
     overrides = list(overrides)
     job_dir = f"{remote_runs()}/{job_id}"
     if kind == "train":
-        overrides, remote_dir = _plan_train(path, overrides, job_dir)
+        overrides, remote_dir = _plan_train(path, overrides, job_dir, cluster, cluster_gpus)
     else:
-        overrides, remote_dir = _plan_sweep(path, overrides, job_dir)
+        overrides, remote_dir = _plan_sweep(path, overrides, job_dir, cluster, cluster_gpus)
     sets = "".join(f" --set {shlex.quote(text)}" for text in overrides)
     # From the job directory on the head, with the shipped project first on the import path.
     entrypoint = (
@@ -246,13 +259,16 @@ def plan_job(kind: str, file: str | Path, overrides: tuple[str, ...] | list[str]
         f'PYTHONPATH="$RSAM_PROJECT${{PYTHONPATH:+:$PYTHONPATH}}" '
         f'python -m rsam_dist.cli {kind} "$RSAM_PROJECT"/{shlex.quote(relative)}{sets}'
     )
-    return JobPlan(relative, overrides, remote_dir, entrypoint)
+    return JobPlan(relative, overrides, remote_dir, entrypoint, cluster_config)
 
 
-def _plan_train(path: Path, overrides: list[str], job_dir: str) -> tuple[list[str], str]:
+def _plan_train(path: Path, overrides: list[str], job_dir: str, cluster: str | None,
+                cluster_gpus: float | None) -> tuple[list[str], str]:
+    from rsam_dist.gpu_check import settle_gpus
     from rsam_dist.runs import is_uri  # runs imports torch: only `submit` pays for it
 
     config = load_config(path, overrides)  # a bad file or --set fails here, not on the cluster
+    settle_gpus(config.scaling.gpus_per_worker, cluster_gpus, cluster, "scaling.gpus_per_worker")
     extra = _data_root_override(config.data.root, overrides)
     storage = config.train.storage
     if is_uri(storage) or _is_absolute_or_home(storage):
@@ -264,7 +280,9 @@ def _plan_train(path: Path, overrides: list[str], job_dir: str) -> tuple[list[st
     return overrides + extra, job_dir  # relative storage: under the job directory
 
 
-def _plan_sweep(path: Path, overrides: list[str], job_dir: str) -> tuple[list[str], str]:
+def _plan_sweep(path: Path, overrides: list[str], job_dir: str, cluster: str | None,
+                cluster_gpus: float | None) -> tuple[list[str], str]:
+    from rsam_dist.gpu_check import settle_gpus
     from rsam_dist.sweep.config import load_sweep  # the sweep package loads Ray Tune
 
     sweep = load_sweep(path, overrides)  # a bad sweep file or --set fails here
@@ -275,6 +293,9 @@ def _plan_sweep(path: Path, overrides: list[str], job_dir: str) -> tuple[list[st
             raise UserError(f"{path}: base: {one_line(sweep.spec.base, 100)} would not reach the job "
                             f"({why_not}); put it in configs/")
     extra = _data_root_override(sweep.base.data.root, overrides)
+    requested = sweep.spec.trial.gpus_per_worker
+    if settle_gpus(requested, cluster_gpus, cluster, "trial.gpus_per_worker") != requested:
+        extra.append("trial.gpus_per_worker=0")  # auto on a cluster without GPUs: CPU trials
     storage = sweep.spec.storage
     if _is_absolute_or_home(storage):
         return overrides + extra, f"{storage.rstrip('/')}/{sweep.spec.name}"
@@ -295,6 +316,12 @@ def remote_runs() -> str:
         raise UserError(f"RSAM_DIST_REMOTE_RUNS={one_line(repr(runs), 100)}: must be an absolute (or ~/) path "
                         "of letters, digits and . _ - / only")
     return runs.rstrip("/")
+
+
+def _workers_mount_runs(config: dict[str, Any]) -> bool:
+    """Workers mount the head's runs directory (cluster/aws-g2.yaml, over NFS): one place already."""
+    return any("mount" in command and Path(REMOTE_RUNS).name in command
+               for command in config.get("worker_setup_commands") or [])
 
 
 def _is_absolute_or_home(path: str) -> bool:
@@ -318,11 +345,11 @@ def submit_job(
 
     check_cluster_options(address, cluster)  # before any file is read or note printed
     job_id = new_job_id(kind)
-    plan = plan_job(kind, file, overrides, job_id)
+    plan = plan_job(kind, file, overrides, job_id, cluster)
     cluster_path = str(Path(cluster).resolve()) if cluster else None
-    if cluster:
-        prepared = validate_cluster_file(cluster)
-        if notify and not is_uri(plan.remote_dir) and has_worker_nodes(prepared):
+    prepared = plan.cluster_config
+    if prepared and notify and not is_uri(plan.remote_dir):
+        if has_worker_nodes(prepared) and not _workers_mount_runs(prepared):
             notify(f"note: outputs go to {plan.remote_dir} on the head; Train workers on other nodes "
                    "keep theirs on their own disks: for checkpoints, --resume and TensorBoard in one "
                    "place add --set train.storage=s3://BUCKET/PATH (see the cluster file's header)")
