@@ -12,7 +12,6 @@ from rsam_dist.runs import STATE_FILE, local_dir, save_state, tensorboard_dir
 from rsam_dist.tensorboard_log import TensorBoardLogger
 from rsam_dist.training import EpochResult, TrainState
 
-
 TRAINMODE_GAP_SHOWN = 0.05
 """The epoch line shows train-mode (batch-statistics) test top-1 when it differs from the eval-mode
 figure by more than this (5 points): the evaluation is then measuring BatchNorm's statistics."""

@@ -2,10 +2,10 @@
 
 Tags: `train/loss`, `train/lr`, `test/top1`, `test/top1_glimpse_<i>`, `test/top1_trainmode` (BatchNorm
 with batch statistics: apart from `test/top1` when evaluation measures BatchNorm's statistics rather
-than the weights), `speed/images_per_sec`, `speed/epoch_seconds`; images `masks/glimpses` (row i: glimpse i's mask over each probe image)
-and `masks/masked_images` (the glimpse the network saw, the paper's Figure 1); the resolved config
-as text; and an hparams summary (config -> final metrics) for TensorBoard's HParams view.
-The step is the 1-based epoch.
+than the weights), `speed/images_per_sec`, `speed/epoch_seconds`; images `masks/glimpses` (row i:
+glimpse i's mask over each probe image) and `masks/masked_images` (the glimpse the network saw,
+the paper's Figure 1); the resolved config as text; and an hparams summary (config -> final
+metrics) for TensorBoard's HParams view. The step is the 1-based epoch.
 """
 
 from __future__ import annotations
