@@ -4,9 +4,12 @@
    one SGD step of the 4-glimpse model, forward + backward.
 2. Batches sliced from tensors held whole (ours) against a per-sample Dataset + DataLoader with
    torchvision's ToTensor/Normalize (the usual CIFAR pipeline): images per second to build batches.
+3. What evaluation adds to a CIFAR-10 epoch (390 steps): precise BatchNorm statistics over
+   train.bn_stats_batches batches, and the train-mode view of the test set (engine.TRAINMODE_BATCHES
+   batches of 500), each as seconds and as a share of the epoch's training steps.
 
 Runs without Ray, on the GPU when there is one:
-    python benchmarks/bench_step.py [--repeats 15] [--glimpses 4] [--batch 128]
+    python benchmarks/bench_step.py [--repeats 15] [--glimpses 4] [--batch 128] [--sections 1 2 3]
 Each figure is the median of --repeats timings; the machines are noisy, so compare ratios.
 
 3. With --table-row (on a GPU): the training and test throughput of one trial of that setting while
@@ -167,6 +170,58 @@ def table_row(args) -> None:
     print(yaml.safe_dump([row], sort_keys=False).rstrip())
 
 
+def bench_evaluation_extras(args, device: torch.device) -> None:
+    from rsam_dist.batchnorm_stats import batch_statistics, recompute_batchnorm_statistics
+    from rsam_dist.config import TrainConfig
+    from rsam_dist.distributed import World
+    from rsam_dist.engine import EVAL_BATCH, TRAINMODE_BATCHES
+
+    config = ModelConfig(glimpses=args.glimpses)
+    torch.manual_seed(0)
+    model = RSAM(config).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(args.batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (args.batch,), device=device)
+    test_images = torch.randn(EVAL_BATCH, 3, 32, 32, device=device)
+    stats_batches = TrainConfig().bn_stats_batches
+    world = World(0, 1, device)
+
+    def step():
+        model.train()
+        loss = rsam_loss(model(images), labels, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def precise():
+        recompute_batchnorm_statistics(model, (images for _ in range(stats_batches)), world)
+
+    @torch.no_grad()
+    def eval_batch():
+        model.eval()(test_images)
+
+    @torch.no_grad()
+    def trainmode_batch():
+        with batch_statistics(model):
+            model(test_images)
+
+    functions = {"step": step, "precise": precise, "eval": eval_batch, "trainmode": trainmode_batch}
+    timings = paired_medians(functions, max(3, args.repeats // 3), device)
+    epoch_steps, test_images_count = 50_000 // args.batch, 10_000
+    training = epoch_steps * timings["step"]
+    evaluation = test_images_count / EVAL_BATCH * timings["eval"]
+    trainmode = TRAINMODE_BATCHES * timings["trainmode"]
+    print(f"per CIFAR-10 epoch ({epoch_steps} steps of {args.batch}, {args.glimpses} glimpses) on {device}:")
+    print(f"  training steps                        {training:8.2f} s")
+    print(f"  precise BatchNorm statistics ({stats_batches} batches) "
+          f"{timings['precise']:8.2f} s  {100 * timings['precise'] / training:5.1f}% of training")
+    print(f"  evaluation of {test_images_count} test images          {evaluation:8.2f} s  "
+          f"{100 * evaluation / training:5.1f}%")
+    print(f"  train-mode view ({TRAINMODE_BATCHES} x {EVAL_BATCH} images)       {trainmode:8.2f} s  "
+          f"{100 * trainmode / training:5.1f}%  (the whole test set: "
+          f"{100 * test_images_count / EVAL_BATCH * timings['trainmode'] / training:.1f}%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
@@ -176,13 +231,15 @@ def main() -> None:
     parser.add_argument("--trials-per-gpu", type=int, default=1, help="With --table-row: trials sharing the GPU.")
     parser.add_argument("--hidden-size", type=int, default=256, help="With --table-row: the LSTM width.")
     parser.add_argument("--budget", type=float, default=5.0, help="With --table-row: seconds of timed steps.")
+    parser.add_argument("--sections", type=int, nargs="+", choices=[1, 2, 3], default=[1, 2, 3])
     args = parser.parse_args()
     if args.table_row:
         table_row(args)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bench_downsample_once(args, device)
-    bench_batches(args, device)
+    sections = {1: bench_downsample_once, 2: bench_batches, 3: bench_evaluation_extras}
+    for number in args.sections:
+        sections[number](args, device)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """TensorBoard output of one run, written by rank 0 only.
 
-Tags: `train/loss`, `train/lr`, `test/top1`, `test/top1_glimpse_<i>`, `speed/images_per_sec`,
+Tags: `train/loss`, `train/lr`, `test/top1`, `test/top1_glimpse_<i>`, `test/top1_trainmode`, `speed/images_per_sec`,
 `speed/epoch_seconds` (the metric table, rsam_dist/metrics.py); the image `masks/figure1` (each
 probe image with every glimpse's mask and what it saw, labelled: the paper's Figure 1); the resolved
 config as text; and an hparams summary (config -> final metrics) for TensorBoard's HParams view.
