@@ -431,3 +431,12 @@ def test_sweep_job(ray_head, job_env):
     out = job_env / "tb-sweep"
     run("tensorboard", "--job", job_id, "--out", str(out), "--no-launch")
     assert len({path.parent for path in out.rglob("events.out.tfevents.*")}) >= 2  # one per trial at least
+
+
+@pytest.mark.ray
+def test_plan_reads_a_running_cluster_through_its_dashboard(ray_head):
+    output = run("plan", str(REPO_ROOT / "sweeps/demo.yaml"), "--address", ray_head.url,
+                 "--set", "model.hidden_size=64", "--set", "optim.batch_size=32")
+    assert f"on the running cluster at {ray_head.url} (1 live nodes)" in output
+    assert "2 CPUs, no GPU, train_driver 4; head" in output
+    assert "At once: 2 trial(s), limited by the CPUs of the cluster's live nodes" in output
