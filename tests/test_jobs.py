@@ -662,3 +662,12 @@ def test_job_asking_g2_for_a_gpu_fails_at_submit_in_one_line(rsam_home, kind, fi
     ])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "offers Ray no GPU" in result.stderr and "cluster/aws-gpu.yaml" in result.stderr
+
+
+@pytest.mark.ray
+def test_plan_reads_a_running_cluster_through_its_dashboard(ray_head):
+    output = run("plan", str(REPO_ROOT / "sweeps/demo.yaml"), "--address", ray_head.url,
+                 "--set", "model.hidden_size=64", "--set", "optim.batch_size=32")
+    assert f"on the running cluster at {ray_head.url} (1 live nodes)" in output
+    assert "2 CPUs, no GPU, train_driver 4; head" in output
+    assert "At once: 2 trial(s), limited by the CPUs of the cluster's live nodes" in output

@@ -166,7 +166,8 @@ def test_report_shows_intervals_verdict_and_thin_evidence(tmp_path):
     assert "95% CI of the mean" in text
     # mean 0.65, std 0.014142, half width t(0.975; 1) = 12.7062 * 0.01 = 0.127062
     assert "52.29% to 77.71%" in text
-    assert "Feedback adds 4.0 points, n = 2 per arm: too thin for a test (it needs 3 seeds per arm)" in text
+    assert "No difference is tested: no arm has 3 completed seeds" in text
+    assert "- Feedback adds 4.0 points, n = 2 per arm.\n" in text
     assert "**Verdict: too thin.**" in text
     assert "## Time: measured against the plan" in text
     assert "| t0 | on | 0 | completed | 1.7 min | 1.5 min | 1.11 | 0.000 |" in text

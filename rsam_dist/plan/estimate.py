@@ -340,6 +340,8 @@ def _room_words(target: Target, shape: TrialShape, usable: list[NodeType]) -> st
     resource = "GPUs and CPUs" if shape.gpus_per_worker else "CPUs"
     if target.is_local:
         return f"this machine's {resource}"
+    if target.kind == "address":
+        return f"the {resource} of the cluster's live nodes"
     return f"the {resource} of the cluster's nodes at max_workers"
 
 

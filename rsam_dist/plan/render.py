@@ -123,8 +123,11 @@ def _section_time(plan: Plan) -> list[str]:
     if plan.wall_seconds is None:
         why = next((e.basis for e in plan.estimates if e.seconds is None), "the nodes' sizes are not known here")
         lines.append(f"Time: unknown ({why})")
-        lines.append(f"  To fill it in: run `python benchmarks/bench_step.py --table-row` on that GPU and add the "
-                     f"row to {THROUGHPUT_FILE.name}.")
+        if any(e.seconds is None and "figure" in (e.unknown or "") for e in plan.estimates):
+            lines.append(f"  To fill it in: run `python benchmarks/bench_step.py --table-row` on that GPU and add "
+                         f"the row to {THROUGHPUT_FILE.name}.")
+        elif plan.capacity is None:
+            lines.append("  Plan on the running cluster instead: rsam-dist plan FILE --address DASHBOARD_URL")
         return lines
     slots = plan.capacity.at_once if plan.capacity else 1
     start = f", plus {duration(plan.sweep_start_s)} to start Ray and the sweep" if plan.sweep_start_s else ""

@@ -28,6 +28,10 @@ def section_differences(results: SweepResults) -> list[str]:
     if not differences:
         return lines + ["No two arms differ in a single searched key with completed trials in both, so there is "
                         "nothing to test."]
+    if all(difference.thin for difference in differences):
+        return lines + [f"No difference is tested: no arm has {MIN_REPLICATES} completed seeds (set `seeds: "
+                        f"{MIN_REPLICATES}` or more). The differences of the means, for orientation only:", ""] + [
+            f"- {_sentence(difference.claim)}" for difference in differences]
     lines += [f"- {_sentence(difference.sentence)}" for difference in differences]
     return lines + [
         "",

@@ -148,6 +148,12 @@ class Difference:
     ci_high: float | None
     p_value: float | None
     sentence: str
+    claim: str
+    """The sentence's first part: what the difference is, where, and n ("feedback adds 2.1 points, n = 5 per arm")."""
+
+    @property
+    def thin(self) -> bool:
+        return min(self.a.n, self.b.n) < MIN_REPLICATES
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float | None, float | None, float | None]:
@@ -197,6 +203,7 @@ def _difference(key: str, value_a: Any, value_b: Any, context: dict[str, Any], a
     where = f" (at {', '.join(describe_setting(k, v) for k, v in context.items())})" if context else ""
     n = f"n = {stats_a.n} per arm" if stats_a.n == stats_b.n else f"n = {stats_a.n} and {stats_b.n}"
     text = f"{subject} {verb} {100 * abs(difference):.1f} points{where}"
+    claim = f"{text}, {n}"
     if min(stats_a.n, stats_b.n) < MIN_REPLICATES:
         text += f", {n}: too thin for a test (it needs {MIN_REPLICATES} seeds per arm)"
     elif p_value is None:
@@ -207,7 +214,7 @@ def _difference(key: str, value_a: Any, value_b: Any, context: dict[str, Any], a
         conclusion = "the interval excludes zero" if low > 0 or high < 0 else \
             "the interval includes zero: this could be noise"
         text += f", 95% CI {lo:.1f} to {hi:.1f}, {_p_text(p_value)}, {n} ({conclusion})"
-    return Difference(key, value_a, value_b, context, stats_a, stats_b, difference, low, high, p_value, text)
+    return Difference(key, value_a, value_b, context, stats_a, stats_b, difference, low, high, p_value, text, claim)
 
 
 def _subject(key: str, value_a: Any, value_b: Any) -> str:
