@@ -23,10 +23,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._=-]*$"
 """Run and sweep names: one path component, never `.`/`..`, nothing a shell or URI treats specially."""
 SHOWN_VALUE_CHARS = 100
 """Error messages quote at most this much of a value (a YAML alias bomb expands to megabytes)."""
-KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$|^[0-9]{1,6}$")
-"""What a config key (or a list index) looks like. A key that does not is never quoted back: a
-file named by mistake (/etc/shadow as `base:`) parses as a mapping whose first key is its first
-line."""
+KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,7}$|^[0-9]{1,6}$")
+"""What a config key (a dotted one too, as a sweep's `search:` and `set:` keys are) or a list index
+looks like. A key that does not is never quoted back: a file named by mistake (/etc/shadow as
+`base:`) parses as a mapping whose first key is its first line."""
 
 
 
