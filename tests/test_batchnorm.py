@@ -18,8 +18,9 @@ from rsam_dist.batchnorm_stats import batch_statistics, recompute_batchnorm_stat
 from rsam_dist.config import ModelConfig, load_config
 from rsam_dist.data import load_dataset, train_batches
 from rsam_dist.distributed import World
+from rsam_dist.metrics import format_epoch_line
 from rsam_dist.model import RSAM, PerGlimpseBatchNorm, count_trainable_parameters, rsam_loss
-from rsam_dist.recorder import format_epoch_line, read_metrics
+from rsam_dist.runs import read_metrics
 from rsam_dist.training import fit
 
 SOLO = World(0, 1, torch.device("cpu"))
