@@ -19,6 +19,7 @@ import traceback
 import click
 
 from rsam_dist.errors import UserError
+from rsam_dist.signals import sigterm_as_interrupt
 
 SET_HELP = "Override a config value, e.g. --set model.glimpses=6 (repeatable)."
 SMOKE_HELP = ("A quick end-to-end check: the debug-size model, a few hundred images, 1 epoch "
@@ -48,7 +49,8 @@ class RsamGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():  # `kill` stops a command as Ctrl-C does
+                return super().invoke(ctx)
         except UserError as err:
             click.echo(f"rsam-dist: error: {err}", err=True)
             sys.exit(2)

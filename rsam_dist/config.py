@@ -21,13 +21,14 @@ from rsam_dist.errors import UserError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._=-]*$"
 """Run and sweep names: one path component, never `.`/`..`, nothing a shell or URI treats specially."""
+AUTOSCALING_WAIT_S = 600.0
+"""scaling.wait_for_nodes_s when unset, on a cluster whose autoscaler may still add nodes."""
 SHOWN_VALUE_CHARS = 100
 """Error messages quote at most this much of a value (a YAML alias bomb expands to megabytes)."""
 KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,7}$|^[0-9]{1,6}$")
 """What a config key (a dotted one too, as a sweep's `search:` and `set:` keys are) or a list index
 looks like. A key that does not is never quoted back: a file named by mistake (/etc/shadow as
 `base:`) parses as a mapping whose first key is its first line."""
-
 
 
 DEBUG_MODEL = ("model.hidden_size=64", "model.glimpses=2")
@@ -139,6 +140,9 @@ class ScalingConfig(Section):
     batchnorm: Literal["plain", "sync"] = "plain"
     """plain: each worker normalises with its own share of the batch (the paper's per-batch
     statistics at batch/num_workers); sync: SyncBatchNorm over the global batch (GPUs only)."""
+    wait_for_nodes_s: float | None = Field(None, ge=0)
+    """Seconds to wait for nodes when the cluster lacks the resources asked for. Unset: AUTOSCALING_WAIT_S
+    on an autoscaling cluster, 0 elsewhere (a cluster that cannot give them is an error at once)."""
 
 
 class Config(Section):

@@ -5,7 +5,6 @@ Both work on this rank's share and reduce over the `World`, so their results are
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -15,6 +14,7 @@ from rsam_dist.batchnorm_stats import batch_statistics
 from rsam_dist.config import ModelConfig
 from rsam_dist.data import ImageSplit, test_shard
 from rsam_dist.distributed import World
+from rsam_dist.loss_watch import LOSS_CHECK_STEPS, stop_if_not_finite
 from rsam_dist.metrics import glimpse_metric
 from rsam_dist.model import combined_scores, rsam_loss
 
@@ -46,10 +46,11 @@ def train_one_epoch(
         loss_sum += loss.detach()
         steps += 1
         local_batch = labels.shape[0]
+        if steps % LOSS_CHECK_STEPS == 0:  # a NaN stops the run now, not at the epoch's end
+            stop_if_not_finite(loss_sum, world, steps, optimizer)
+    stop_if_not_finite(loss_sum, world, steps, optimizer)
     totals = world.sum(torch.stack([loss_sum, torch.tensor(float(steps), device=device)]))
     mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"training loss became {mean_loss}; lower optim.lr")
     images_seen = steps * local_batch * world.size if steps else 0
     return mean_loss, images_seen
 

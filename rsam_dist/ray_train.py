@@ -19,6 +19,8 @@ from typing import Any
 from rsam_dist.config import Config
 from rsam_dist.data import load_dataset
 from rsam_dist.errors import UserError
+from rsam_dist.loss_watch import NonFiniteLoss
+from rsam_dist.resources import ResourceRequest
 from rsam_dist.run_start import hold_lock
 from rsam_dist.runs import (
     STATE_FILE,
@@ -31,8 +33,13 @@ from rsam_dist.runs import (
     warn_skipped,
 )
 
+CONTROLLER_RETRIES = 2
+"""Worker-group starts Ray Train retries (each waits 60 s for resources) before the run fails."""
+STOPPED_BY = "stopped_by"
+"""The key of rank 0's return value that carries why the run stopped early (a non-finite loss)."""
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
     """Runs on each Ray Train worker: the same `fit` as `--local`, plus Ray's checkpoints."""
     import ray.train
     import torch
@@ -78,7 +85,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 epoch_checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(result.metrics, checkpoint=epoch_checkpoint)
 
-    state = fit(config, on_epoch, resume_from=start, world=world)
+    try:
+        state = fit(config, on_epoch, resume_from=start, world=world)
+    except NonFiniteLoss as stop:
+        # Raised on every rank at the same step. Returned, not raised: Ray would count a raised
+        # error as a worker failure and retry from the last checkpoint into the same NaN.
+        if recorder is not None:
+            recorder.logger.close()
+        return {STOPPED_BY: str(stop)}
     if start is not None and state.epoch == start["epoch"] and state.last_metrics:
         # Resumed after its last epoch (a sweep killed as this trial finished): nothing ran, so
         # report the final metrics again for whoever listens (Tune's scheduler and results).
@@ -135,7 +149,10 @@ def build_trainer(config: Config, run: RunDir, callbacks: Sequence[Any] = (), qu
             name=run.name,
             storage_path=run.storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            # A worker group that cannot be placed in 60 s is a controller failure, retried for
+            # ever by default; resources were checked before fit, so a few tries are plenty.
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures,
+                                                   controller_failure_limit=CONTROLLER_RETRIES),
             callbacks=list(callbacks),
             # Ray Train's per-report INFO lines ("Reporting training result ...") drown ours.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
@@ -155,26 +172,39 @@ def train_on_ray(run: RunDir, config: Config, address: str | None = None, resume
     with hold_lock(run.local or run.path):
         if not address:  # workers share this disk: find (or download) the data once, fail fast here
             load_dataset(config.data)
-        with connect(address):
+        with connect(address, need=ResourceRequest.for_scaling(config.scaling)):
             save_run_config(run, config)  # only now: Ray is up and the data is there
             result = fit_trainer(build_trainer(config, run))
     return dict(result.metrics or {})
 
 
 def fit_trainer(trainer):
-    """`trainer.fit()`, with a UserError raised on the workers surfacing as a UserError."""
+    """`trainer.fit()`, with a UserError raised on the workers surfacing as a UserError, and a run
+    stopped for a non-finite loss as NonFiniteLoss (exit 2)."""
     try:
         result = trainer.fit()
     except Exception as error:  # noqa: BLE001 - Train V2 raises the workers' failure from fit()
-        raise_run_error(error)
-    raise_run_error(result.error)
+        raise_run_error(error, trainer)
+    raise_run_error(result.error, trainer)
+    returned = result.return_value
+    if isinstance(returned, dict) and returned.get(STOPPED_BY):
+        raise NonFiniteLoss(returned[STOPPED_BY])
     return result
 
 
-def raise_run_error(error: Exception | None) -> None:
-    """Re-raise a failed run's error; a UserError on the workers stays a UserError (exit 2)."""
+def raise_run_error(error: Exception | None, trainer=None) -> None:
+    """Re-raise a failed run's error; a UserError on the workers stays a UserError (exit 2), and so
+    does a worker group Ray could not place (resources held by other work)."""
     if error is None:
         return
+    failure = getattr(error, "controller_failure", None)
+    if type(failure).__name__ == "WorkerGroupStartupTimeoutError":  # placed nowhere for 60 s, each try
+        scaling = getattr(trainer, "scaling_config", None)
+        asked = (f" ({scaling.num_workers} of {scaling.num_cpus_per_worker:g} CPU, {scaling.num_gpus_per_worker:g} GPU)"
+                 if scaling else "")
+        raise UserError(f"Ray could not start the run's workers{asked} in {CONTROLLER_RETRIES + 1} tries: the "
+                        "cluster has the resources but other work holds them (see `ray status`); retry when "
+                        "they are free") from None
     for failure in getattr(error, "worker_failures", {}).values():
         message = _user_error_message(failure)
         if message:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from rsam_dist.config import Config
+from rsam_dist.loss_watch import DivergenceWatch
 from rsam_dist.metrics import format_epoch_line
 from rsam_dist.runs import BEST_DIR, STATE_FILE, RunDir, append_metrics, save_state
 from rsam_dist.tensorboard_log import TensorBoardLogger
@@ -23,6 +24,7 @@ class EpochRecorder:
         self.logger = TensorBoardLogger(run.tensorboard, config)
         self.last_metrics: dict[str, float] = {}
         self.best_saved = best_top1
+        self.divergence = DivergenceWatch.for_run(run, config.model)
 
     def record(self, result: EpochResult, state: TrainState) -> None:
         self.last_metrics = result.metrics
@@ -31,7 +33,8 @@ class EpochRecorder:
         self.logger.log_epoch(result)
         append_metrics(self.run, result.metrics)
         top1 = result.metrics["test_top1"]
-        if top1 > self.best_saved:  # strictly better: on a tie the earlier epoch stays the best
+        # Strictly better: on a tie the earlier epoch stays the best; a diverged epoch never is.
+        if not self.divergence.diverged(result.metrics) and top1 > self.best_saved:
             save_state(self.run.file(BEST_DIR, STATE_FILE), state.state_dict())
             self.best_saved = top1
 

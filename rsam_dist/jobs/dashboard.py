@@ -41,7 +41,7 @@ from rsam_dist.errors import UserError
 from rsam_dist.ray_cluster import set_ray_environment
 
 PORT_FORWARD_TIMEOUT_S = 90.0
-DASHBOARD_TIMEOUT_S = 20.0
+DASHBOARD_TIMEOUT_S = 15.0
 """Seconds any Jobs API request may wait to connect, and then for an answer: a dashboard that
 accepts connections but never replies would otherwise hang a command for ever.
 $RSAM_DIST_DASHBOARD_TIMEOUT_S overrides it (the fault tests shorten it)."""

@@ -29,6 +29,7 @@ import yaml
 from rsam_dist.config import shown
 from rsam_dist.errors import UserError
 from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
+from rsam_dist.resources import ResourceRequest
 from rsam_dist.run_start import hold_lock
 from rsam_dist.runs import save_run_config, with_run_dir
 from rsam_dist.sweep.config import Distribution, ResolvedSweep, SweepConfig, load_sweep
@@ -246,6 +247,9 @@ def _run_sweep_locked(sweep: ResolvedSweep, address: str | None, resume: bool) -
         _require_trial_driver_slots()
         if not resume:
             sweep = sweep.for_cluster(ray.cluster_resources().get("GPU", 0))
+        # Each trial is a Train run of this shape: one the cluster cannot hold would wait for ever.
+        ResourceRequest.for_scaling(sweep.base.scaling, keys="trial", what="each trial").ensure_available()
+        if not resume:
             write_sweep_file(sweep)
         experiments = experiment_points(sweep.spec)
         for index, fixed in enumerate(experiments):

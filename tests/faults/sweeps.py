@@ -194,6 +194,7 @@ def results_rows(env: Env) -> list[dict[str, str]]:
 def both_trials_completed_and_report_works(env: Env, stdout: str, stderr: str) -> None:
     rows = results_rows(env)
     assert [(row["status"], row["epochs_run"]) for row in rows] == [("completed", "2")] * 2, rows
+    assert all(row["run_dir"].startswith(str(env.tmp)) for row in rows), "the copy resumed the original sweep"
     from click.testing import CliRunner
 
     from rsam_dist.cli import main
@@ -220,7 +221,7 @@ def validated_int_range(env: Env, stdout: str, stderr: str) -> None:
 
 SWEEP = ("sweep", "s.yaml")
 RESUME = ("sweep", "s.yaml", "--resume")
-RAY_ROW = dict(subprocess=True, timeout=300, changes=(SWEEP_DIR,))
+RAY_ROW = dict(subprocess=True, timeout=480, changes=(SWEEP_DIR,))  # Ray starts in ~30 s; a loaded machine is slower
 
 CASES = [
     Case("sweep-bad-later-grid-value", SWEEP, 2, ("search.model.glimpses", "greater than or equal to 1"),
