@@ -5,6 +5,7 @@ Both work on this rank's share and reduce over the `World`, so their results are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
