@@ -222,7 +222,7 @@ BAD = {
         "without token auth"),
     "ray-start-out-of-sight": (
         lambda c: c.update(worker_start_ray_commands=["RAY_AUTH_MODE=token bash -c 'ray start --address=x:6379'"]),
-        "cannot find the `ray start`"),
+        "cannot tell whether `ray start` runs with token auth"),
     "ray-default-start": (lambda c: c.pop("head_start_ray_commands"), "dashboard on all interfaces"),
     "no-token": (
         lambda c: c.update(worker_start_ray_commands=["ray start --address=$RAY_HEAD_IP:6379"]),
