@@ -143,8 +143,11 @@ def sweep(sweep_file, overrides, address, resume, smoke_test, dry_run) -> None:
     if not resume:
         from rsam_dist.plan.record import plan_before_sweep
 
-        click.echo(plan_before_sweep(loaded, sweep_file, overrides, address), err=True)
-    directory = run_sweep(loaded, address=address, resume=resume)
+        summary, keep_plan = plan_before_sweep(loaded, sweep_file, overrides, address)
+        click.echo(summary, err=True)
+    else:
+        keep_plan = None
+    directory = run_sweep(loaded, address=address, resume=resume, on_start=keep_plan)
     click.echo(summary_text(load_sweep_results(directory)))
 
 

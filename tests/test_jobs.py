@@ -314,12 +314,13 @@ def _save_records(home: str, prefix: str, count: int) -> None:
 def test_concurrent_submits_keep_every_record(rsam_home):
     import multiprocessing
 
-    context = multiprocessing.get_context("fork")  # torch is already imported here
+    # spawn, not fork: forking a process that already runs torch's and Ray's threads can hang or crash
+    context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=_save_records, args=(str(rsam_home), f"w{n}", 20)) for n in range(3)]
     for writer in writers:
         writer.start()
     for writer in writers:
-        writer.join(timeout=120)
+        writer.join(timeout=300)
     assert [writer.exitcode for writer in writers] == [0, 0, 0]
     assert len(load_registry()) == 60
 

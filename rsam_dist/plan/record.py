@@ -13,6 +13,7 @@ and puts `estimated_seconds` and `estimated_gpu_hours` beside each trial's measu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +25,23 @@ from rsam_dist.sweep.config import ResolvedSweep, SweepConfig
 PLAN_FILE = "plan.yaml"
 
 
-def plan_before_sweep(sweep: ResolvedSweep, sweep_file: str, overrides: tuple[str, ...], address: str | None) -> str:
-    """The plan's one line, printed before a sweep starts; pre-flight failures stop it here (UserError).
+def plan_before_sweep(
+    sweep: ResolvedSweep, sweep_file: str, overrides: tuple[str, ...], address: str | None
+) -> tuple[str, Callable[[], None] | None]:
+    """The plan's one line, printed before a sweep starts (pre-flight failures stop it here, as a
+    UserError), and a function that keeps the plan in the sweep directory, for the sweep to call
+    once its own checks have passed (a refused sweep leaves nothing behind).
 
-    On this machine the plan is complete and kept in the sweep directory. For a cluster given by
-    its Ray address the sweep cannot see the cluster before it connects, so the line names the trials
-    and says how to plan the rest."""
+    For a cluster given by its Ray address the sweep cannot see the cluster before it connects, so
+    the line names the trials and says how to plan the rest."""
     if address:
         trials = len(sweep.spec.grid_points()) * sweep.spec.num_samples
         return (f"plan: {trials} trial(s) on the Ray cluster at {address}; for time and cost: rsam-dist plan "
-                f"{sweep_file} --address DASHBOARD_URL (or --cluster CLUSTER.yaml)")
+                f"{sweep_file} --address DASHBOARD_URL (or --cluster CLUSTER.yaml)"), None
     from rsam_dist.plan.planner import make_plan
 
     plan = make_plan(sweep_file, overrides)
-    write_plan_record(plan, sweep.directory)
-    return plan.summary()
+    return plan.summary(), lambda: write_plan_record(plan, sweep.directory)
 
 
 def write_plan_record(plan, directory: Path) -> None:

@@ -21,6 +21,7 @@ is left alone, and its unfinished trials are reported as lost (exit 2), never dr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,18 +216,23 @@ def _short(value: Any) -> str:
 # --- running and resuming ---------------------------------------------------------------------
 
 
-def run_sweep(sweep: ResolvedSweep, address: str | None = None, resume: bool = False) -> Path:
+def run_sweep(
+    sweep: ResolvedSweep, address: str | None = None, resume: bool = False, on_start: Callable[[], None] | None = None
+) -> Path:
     """Run (or resume) every trial; write the results table and best config; return the sweep dir.
 
     The sweep directory is locked for the whole command: a second `sweep` (or `report`) on it is
-    refused in one line naming this one.
+    refused in one line naming this one. `on_start` runs once a new sweep has passed its checks and
+    written sweep.yaml (the CLI keeps the plan beside it then).
     """
     directory = sweep.directory
     with hold_lock(directory, "sweep"):
-        return _run_sweep_locked(sweep, address, resume)
+        return _run_sweep_locked(sweep, address, resume, on_start)
 
 
-def _run_sweep_locked(sweep: ResolvedSweep, address: str | None, resume: bool) -> Path:
+def _run_sweep_locked(
+    sweep: ResolvedSweep, address: str | None, resume: bool, on_start: Callable[[], None] | None
+) -> Path:
     directory = sweep.directory
     sweep_file = directory / SWEEP_FILE
     if sweep_file.exists() and not resume:
@@ -251,6 +257,8 @@ def _run_sweep_locked(sweep: ResolvedSweep, address: str | None, resume: bool) -
         ResourceRequest.for_scaling(sweep.base.scaling, keys="trial", what="each trial").ensure_available()
         if not resume:
             write_sweep_file(sweep)
+            if on_start is not None:
+                on_start()
         experiments = experiment_points(sweep.spec)
         for index, fixed in enumerate(experiments):
             name = experiment_name(index, len(experiments))
