@@ -192,10 +192,16 @@ def test_refuses_a_trial_that_fits_no_node(repo_root):
     assert "has no GPU" in line
 
 
-def test_refuses_gpus_current_pytorch_cannot_use(repo_root):
+def test_g2_plans_cpu_trials_and_refuses_a_gpu(repo_root):
+    """cluster/aws-g2.yaml offers Ray no GPU (its K520 cannot run current PyTorch): trials are
+    planned on CPUs, and a trial that asks for a GPU is refused before anything is spent."""
+    result = CliRunner().invoke(main, ["plan", str(repo_root / "sweeps/glimpses.yaml"), "--cluster",
+                                       str(repo_root / "cluster/aws-g2.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "1 worker(s) x (1 CPU, no GPU)" in result.output
     line = refusal(["plan", str(repo_root / "sweeps/glimpses.yaml"), "--cluster",
-                    str(repo_root / "cluster/aws-g2.yaml")])
-    assert "K520 has compute capability 3.0" in line
+                    str(repo_root / "cluster/aws-g2.yaml"), "--set", "trial.gpus_per_worker=1"])
+    assert "has no GPU" in line
 
 
 def test_refuses_an_invalid_cluster_file(repo_root, tmp_path):
