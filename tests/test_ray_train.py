@@ -16,10 +16,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rsam_dist.config import load_config
 from rsam_dist.ray_train import train_on_ray
+from rsam_dist.runs import RunDir
 
 pytestmark = pytest.mark.ray
 
 RSAM_DIST = [sys.executable, "-m", "rsam_dist.cli"]
+
+
+def fit_on_ray(config, **options) -> tuple[str, dict]:
+    """`train_on_ray` in the run directory `config` names: (run directory, final metrics)."""
+    run = RunDir.for_config(config)
+    return run.path, train_on_ray(run, config, **options)
 
 
 def digits_config(tmp_path: Path, name: str, *overrides: str):
@@ -52,8 +59,8 @@ def test_two_workers_follow_the_single_worker_trajectory(tmp_path):
     # global batch. Plain BatchNorm normalises each half with its own statistics (SyncBatchNorm
     # needs GPUs), so the trajectories agree closely but not bit for bit.
     common = ["data.limit_train=512", "data.limit_test=200", "train.epochs=3"]
-    one_path, _ = train_on_ray(digits_config(tmp_path, "one", *common))
-    two_path, two_metrics = train_on_ray(digits_config(tmp_path, "two", *common, "scaling.num_workers=2"))
+    one_path, _ = fit_on_ray(digits_config(tmp_path, "one", *common))
+    two_path, two_metrics = fit_on_ray(digits_config(tmp_path, "two", *common, "scaling.num_workers=2"))
     one = [values[0] for _, values in sorted(scalars(one_path, "train/loss").items())]
     two = [values[0] for _, values in sorted(scalars(two_path, "train/loss").items())]
     assert len(one) == len(two) == 3
@@ -97,7 +104,7 @@ def test_two_nodes_strict_spread(tmp_path):
             tmp_path, "spread", "data.limit_train=256", "data.limit_test=100", "train.epochs=2",
             "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD",
         )
-        path, metrics = train_on_ray(config, address=cluster.address)
+        path, metrics = fit_on_ray(config, address=cluster.address)
         assert metrics["epoch"] == 2
         assert Path(path, "best", "state.pt").is_file()
     finally:
@@ -194,4 +201,4 @@ def test_a_user_error_on_the_workers_stays_a_user_error(tmp_path, monkeypatch):
     config = load_config(None, [f"data.root={tmp_path / 'empty'}", "data.download=false", "train.epochs=1",
                                 "train.max_failures=0", f"train.storage={tmp_path}", "train.name=missing"])
     with pytest.raises(UserError, match="cifar-10-batches-py"):
-        ray_train.train_on_ray(config)
+        fit_on_ray(config)
