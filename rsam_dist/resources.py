@@ -112,8 +112,8 @@ class ResourceRequest:
         growth = autoscaling_node_types()
         wait = self.wait_for_nodes_s
         if wait is None:
-            wait = AUTOSCALING_WAIT_S if growth else 0.0
-        if growth is not None:  # the autoscaler's limits: what the cluster could ever hold
+            wait = AUTOSCALING_WAIT_S if growth is not None else 0.0
+        if growth:  # the autoscaler's limits (known under autoscaler v2): what the cluster could ever hold
             largest = nodes + [node for node in growth for _ in range(self.workers)]
             if self.shortfall(largest) is not None:
                 raise self.error(nodes, why, " (not even with every node the autoscaler may add)")
@@ -176,22 +176,44 @@ def local_node_resources(num_cpus: int | None = None) -> dict[str, float] | None
 
 
 def autoscaling_node_types() -> list[dict[str, float]] | None:
-    """The resources of each node type the cluster's autoscaler may still add; None when the
-    cluster has no autoscaler (a local Ray, `ray start` by hand) or none may be added."""
+    """The resources of each node type the cluster's autoscaler may still add; [] when an
+    autoscaler runs but does not publish its node types (autoscaler v1, Ray's default for
+    `ray up`); None when the cluster has no autoscaler (a local Ray, `ray start` by hand)."""
     try:
         import ray._private.state
 
         config = ray._private.state.state.get_cluster_config()
     except Exception:  # noqa: BLE001 - a private Ray API (Ray Data uses it the same way)
-        return None
-    if not config:
-        return None
-    types = [
-        {name: float(value) for name, value in group.resources.items()}
-        for group in config.node_group_configs
-        if group.resources and group.max_count != 0 and (group.max_count == -1 or group.max_count > group.min_count)
-    ]
-    return types or None
+        config = None
+    if config:
+        types = [
+            {name: float(value) for name, value in group.resources.items()}
+            for group in config.node_group_configs
+            if group.resources and group.max_count != 0 and (group.max_count == -1 or group.max_count > group.min_count)
+        ]
+        return types or None
+    return [] if _legacy_autoscaler_reports() else None
+
+
+LEGACY_STATUS_FRESH_S = 120.0
+"""An autoscaler v1 status older than this is a dead monitor's, not a running autoscaler's."""
+
+
+def _legacy_autoscaler_reports() -> bool:
+    """Whether an autoscaler v1 monitor is reporting: it writes its status (the one `ray status`
+    shows) into the GCS key-value store every few seconds, with an `autoscaler_report` section."""
+    import json
+
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        status = json.loads(raw) if raw else {}
+    except Exception:  # noqa: BLE001 - a private Ray API: without it, no wait is offered
+        return False
+    fresh = time.time() - float(status.get("time", 0)) < LEGACY_STATUS_FRESH_S
+    return bool(status.get("autoscaler_report")) and fresh
 
 
 def describe_nodes(nodes: list[dict[str, float]]) -> str:
