@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo lint bench precision-check clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,18 @@ demo: venv
 	$(BIN)/rsam-dist sweep sweeps/demo.yaml $(if $(wildcard runs/demo/sweep.yaml),--resume)
 	$(BIN)/rsam-dist report runs/demo
 	@echo "See it: tensorboard --logdir runs/demo   and open runs/demo/report.html in a browser"
+
+# rsam-dist against the author-style loop, in-process and through Ray, in one table (~10 minutes
+# on 2 cores): runs/bench/bench.md and .json. BENCH_ARGS="--skip-ray" for the in-process arms only,
+# "--repeats 3 --ray-repeats 2" to trade time for steadier medians. The Ray arms hold RAY_LOCK
+# while they run, so that they never meet another local Ray on this machine.
+RAY_LOCK ?= /tmp/rsam-ray.lock
+bench: venv
+	$(BIN)/python benchmarks/bench.py --ray-lock $(RAY_LOCK) $(BENCH_ARGS)
+
+# Final digits accuracy of `auto` precision (and bf16, asked for explicitly) against fp32, 3 seeds.
+precision-check: venv
+	$(BIN)/python benchmarks/precision_check.py --precisions auto bf16 $(PRECISION_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -89,6 +89,7 @@ def main() -> None:
 @click.option("--smoke-test", is_flag=True, help=SMOKE_HELP)
 def train(config_file, overrides, local, address, resume_dir, smoke_test) -> None:
     """Train RSAM from CONFIG_FILE (YAML), by default as a Ray Train job."""
+    from rsam_dist import timeline
     from rsam_dist.config import SMOKE_TEST
     from rsam_dist.run_start import plan_new_run, plan_resume
 
@@ -100,6 +101,7 @@ def train(config_file, overrides, local, address, resume_dir, smoke_test) -> Non
         run, config = plan_resume(resume_dir, overrides, config_file)
     else:
         run, config = plan_new_run(config_file, overrides)
+    timeline.mark("config_ready")
     if local:
         from rsam_dist.local import train_local
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -129,13 +129,23 @@ class TrainConfig(Section):
     itself is identical either way; see the README's "BatchNorm statistics in evaluation"."""
     bn_stats_batches: int = Field(20, ge=1)
     """Training batches (of optim.batch_size) averaged by bn_stats=precise; fewer if an epoch has fewer."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Arithmetic of the train step and evaluation (torch.autocast; weights, optimizer state and
+    checkpoints stay fp32). auto: bf16 where the device runs it natively (CUDA GPUs with bf16, CPUs
+    with AVX-512 BF16 or AMX), else fp32. fp16 trains with loss scaling. See rsam_dist/precision.py."""
+    compile: bool = False
+    """torch.compile the model: pays off on GPUs, where an RSAM step is hundreds of small kernels;
+    the first steps then take a while to compile."""
 
 
 class ScalingConfig(Section):
     num_workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0)
     """0 trains on CPUs with gloo; >0 uses nccl. Fractions only for single-worker runs."""
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    """CPUs Ray reserves per worker; its torch threads match them. auto: the run's workers share the
+    CPUs of the nodes they land on (1 worker on a 2-core laptop: 2). Settled on the driver when the
+    run starts (rsam_dist/worker_cpus.py); config.yaml keeps `auto`."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     batchnorm: Literal["plain", "sync"] = "plain"
     """plain: each worker normalises with its own share of the batch (the paper's per-batch

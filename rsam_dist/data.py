@@ -171,9 +171,15 @@ def make_synthetic(config: DataConfig) -> Dataset:
 
 
 def train_batches(
-    num_examples: int, global_batch: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1
+    num_examples: int,
+    global_batch: int,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
 ) -> Iterator[torch.Tensor]:
-    """This rank's index batches for one epoch.
+    """This rank's index batches for one epoch, on `device` (one copy an epoch, none a step).
 
     All ranks draw the same permutation (seeded by seed and epoch, so it is reshuffled every epoch)
     and cut it into global batches; rank r takes the r-th contiguous share of each. The union of
@@ -184,7 +190,7 @@ def train_batches(
         raise ValueError(f"global batch {global_batch} does not divide by {world_size} workers")
     local = global_batch // world_size
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_examples, generator=generator)
+    order = torch.randperm(num_examples, generator=generator).to(device)
     for start in range(0, num_examples - global_batch + 1, global_batch):
         yield order[start + rank * local : start + (rank + 1) * local]
 

@@ -25,6 +25,7 @@ def train_local(run: RunDir, config: Config, resume: bool = False) -> dict[str, 
         dataset = load_dataset(config.data)
         check_dataset_fits(dataset, config)
         save_run_config(run, config)  # only now: every check has passed
+        print(describe_in_process(config), flush=True)
         best = start["best_top1"] if start else -math.inf
         recorder = EpochRecorder(config, run, best_top1=best)
 
@@ -35,3 +36,16 @@ def train_local(run: RunDir, config: Config, resume: bool = False) -> dict[str, 
         state = fit(config, on_epoch, resume_from=start, dataset=dataset)
         recorder.finish(state)
         return recorder.last_metrics or dict(state.last_metrics)
+
+
+def describe_in_process(config: Config) -> str:
+    """The same first line as a Ray worker's: this process's device, threads and precision."""
+    import torch
+
+    from rsam_dist.distributed import pick_device
+    from rsam_dist.precision import Precision
+    from rsam_dist.worker_cpus import describe_worker
+
+    device = pick_device(config.train.device)
+    precision = Precision.resolve(config.train.precision, device).describe()
+    return describe_worker(0, 1, str(device), torch.get_num_threads(), precision, config.optim.batch_size)

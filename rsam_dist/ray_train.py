@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rsam_dist import timeline
 from rsam_dist.config import Config
 from rsam_dist.data import load_dataset
 from rsam_dist.errors import UserError
 from rsam_dist.loss_watch import NonFiniteLoss
-from rsam_dist.resources import ResourceRequest
+from rsam_dist.resources import ResourceRequest, autoscaling_node_types, live_node_resources, local_node_resources
 from rsam_dist.run_start import hold_lock
 from rsam_dist.runs import (
     STATE_FILE,
@@ -32,6 +34,7 @@ from rsam_dist.runs import (
     save_run_config,
     warn_skipped,
 )
+from rsam_dist.worker_cpus import AUTO, describe_worker, settle_cpus, worker_threads
 
 CONTROLLER_RETRIES = 2
 """Worker-group starts Ray Train retries (each waits 60 s for resources) before the run fails."""
@@ -41,6 +44,7 @@ STOPPED_BY = "stopped_by"
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
     """Runs on each Ray Train worker: the same `fit` as `--local`, plus Ray's checkpoints."""
+    timeline.mark("worker_start")
     import ray.train
     import torch
 
@@ -49,6 +53,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
     from ray.train.v2._internal.execution import context as train_context
 
     from rsam_dist.distributed import World, pick_device
+    from rsam_dist.precision import Precision
     from rsam_dist.recorder import EpochRecorder
     from rsam_dist.training import EpochResult, TrainState, fit, model_shapes
 
@@ -61,8 +66,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
     if device.type == "cpu":
         # As many threads as CPUs Ray reserved for this worker: Ray's cluster launcher exports
         # OMP_NUM_THREADS=1 to every node's processes, which would hold an 8-CPU worker to one.
-        torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
+        torch.set_num_threads(worker_threads(config.scaling.cpus_per_worker))
     world = World.current(device)
+    precision = Precision.resolve(config.train.precision, device).describe()
+    timeline.mark("worker_ready", rank=world.rank, threads=torch.get_num_threads(), precision=precision)
+    if not loop_config.get("quiet", False):
+        print(describe_worker(world.rank, world.size, str(device), torch.get_num_threads(), precision,
+                              config.optim.batch_size), flush=True)
 
     start = None
     checkpoint = ray.train.get_checkpoint()
@@ -170,11 +180,18 @@ def train_on_ray(run: RunDir, config: Config, address: str | None = None, resume
     from rsam_dist.ray_cluster import connect
 
     with hold_lock(run.local or run.path):
+        settled = config
         if not address:  # workers share this disk: find (or download) the data once, fail fast here
             load_dataset(config.data)
-        with connect(address, need=ResourceRequest.for_scaling(config.scaling)):
-            save_run_config(run, config)  # only now: Ray is up and the data is there
-            result = fit_trainer(build_trainer(config, run))
+            settled = settle_cpus(config, [local_node_resources() or {"CPU": float(os.cpu_count() or 1)}])
+        need = None if settled.scaling.cpus_per_worker == AUTO else ResourceRequest.for_scaling(settled.scaling)
+        with connect(address, need=need):
+            timeline.mark("ray_ready")
+            if need is None:  # a cluster's CPUs are known once connected
+                settled = settle_cpus(config, live_node_resources() + (autoscaling_node_types() or []))
+                ResourceRequest.for_scaling(settled.scaling).ensure_available()
+            save_run_config(run, config)  # only now: Ray is up and the data is there (`auto` kept as asked)
+            result = fit_trainer(build_trainer(settled, run))
     return dict(result.metrics or {})
 
 

@@ -26,8 +26,10 @@ from rsam_dist.config import Config, load_config, parse_override
 from rsam_dist.errors import UserError
 from rsam_dist.runs import RunDir, is_uri, load_run_config, with_run_dir, with_run_name
 
-RESUMABLE_KEYS = ("train.epochs", "train.keep_checkpoints", "train.max_failures", "train.mask_images")
-"""The keys a resume may change: none of them changes what the finished epochs computed."""
+RESUMABLE_KEYS = ("train.epochs", "train.keep_checkpoints", "train.max_failures", "train.mask_images",
+                  "train.compile", "scaling.cpus_per_worker", "scaling.wait_for_nodes_s")
+"""The keys a resume may change: none of them changes what the finished epochs computed (threads
+and compilation change speed, not the arithmetic beyond float rounding order)."""
 
 
 def plan_new_run(config_file: str | None, overrides: tuple[str, ...] | list[str]) -> tuple[RunDir, Config]:

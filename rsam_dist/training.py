@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rsam_dist import timeline
 from rsam_dist.batchnorm_stats import recompute_batchnorm_statistics
 from rsam_dist.config import Config
 from rsam_dist.data import Dataset, load_dataset, train_batches
@@ -27,6 +28,7 @@ from rsam_dist.distributed import World, pick_device
 from rsam_dist.engine import evaluate, train_one_epoch
 from rsam_dist.errors import UserError
 from rsam_dist.model import RSAM, combined_scores
+from rsam_dist.precision import Precision, memory_format
 from rsam_dist.run_start import check_resume_fits
 
 
@@ -54,6 +56,8 @@ class TrainState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None = None
+    """fp16's loss scale (None in fp32 and bf16), checkpointed so that a resumed run keeps it."""
     epoch: int = -1
     """Last finished epoch (-1: none yet)."""
     best_top1: float = -1.0
@@ -68,6 +72,7 @@ class TrainState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch,
             "best_top1": self.best_top1,
             "last_metrics": self.last_metrics,
@@ -79,6 +84,8 @@ class TrainState:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.best_top1 = state["best_top1"]
         self.last_metrics = state.get("last_metrics", {})
@@ -120,14 +127,15 @@ def build_state(config: Config, device: torch.device, world: World) -> TrainStat
     model = RSAM(config.model)
     if config.scaling.batchnorm == "sync" and world.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
+    model.to(device, memory_format=memory_format(device))
     optim = config.optim
     # Weight decay on every parameter, BatchNorm and biases included, as the author's code does.
     optimizer = torch.optim.SGD(
         model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=optim.lr_decay)
-    return TrainState(model, optimizer, scheduler, config=config.to_dict())
+    scaler = Precision.resolve(config.train.precision, device).grad_scaler()
+    return TrainState(model, optimizer, scheduler, scaler, config=config.to_dict())
 
 
 @torch.no_grad()
@@ -179,23 +187,29 @@ def fit(
     """
     device = world.device if world else pick_device(config.train.device)
     world = world or World.current(device)
+    precision = Precision.resolve(config.train.precision, device)
     state = build_state(config, device, world)
     if resume_from is not None:
         check_resume_fits(resume_from.get("config"), config)
         state.load_state_dict(resume_from)
+    timeline.mark("model_ready", rank=world.rank)
     dataset = (dataset or load_dataset(config.data)).to(device)
+    timeline.mark("data_ready", rank=world.rank)
     check_dataset_fits(dataset, config)
-    network = world.wrap(state.model)
+    network, evaluated = world.wrap(state.model), state.model
+    if config.train.compile:  # DDP first, then compile: Dynamo splits the graph at DDP's buckets
+        network, evaluated = torch.compile(network), torch.compile(state.model)
+    timeline.mark("loop_start", rank=world.rank)
     probe = dataset.test.images[: config.train.mask_images]
 
     for epoch in range(state.epoch + 1, config.train.epochs):
         started = time.perf_counter()
         batches = train_batches(
-            len(dataset.train), config.optim.batch_size, epoch, config.train.seed, world.rank, world.size
+            len(dataset.train), config.optim.batch_size, epoch, config.train.seed, world.rank, world.size, device
         )
         lr = state.optimizer.param_groups[0]["lr"]
         train_loss, images = train_one_epoch(
-            network, state.optimizer, dataset.train, batches, config.model, world
+            network, state.optimizer, dataset.train, batches, config.model, world, precision, state.scaler
         )
         train_seconds = time.perf_counter() - started
         state.scheduler.step()
@@ -203,7 +217,7 @@ def fit(
         # collective that ranks with different shard sizes would call a different number of times.
         if config.train.bn_stats == "precise":
             precise_batchnorm_statistics(state.model, dataset, config, epoch, world)
-        metrics = evaluate(state.model, dataset.test, config.model, world)
+        metrics = evaluate(evaluated, dataset.test, config.model, world, precision)
         probe_view = {}
         if world.is_main and len(probe):
             probe_view = look_at_probe(state.model, dataset.test, len(probe), config)
@@ -219,4 +233,5 @@ def fit(
         state.last_metrics = metrics
         if on_epoch is not None:
             on_epoch(EpochResult(epoch, metrics, **probe_view), state)
+        timeline.mark("epoch_done", rank=world.rank, epoch=epoch + 1)
     return state

@@ -20,6 +20,7 @@ from rsam_dist.data import load_dataset, train_batches
 from rsam_dist.distributed import World
 from rsam_dist.metrics import format_epoch_line
 from rsam_dist.model import RSAM, PerGlimpseBatchNorm, count_trainable_parameters, rsam_loss
+from rsam_dist.precision import memory_format
 from rsam_dist.runs import read_metrics
 from rsam_dist.training import fit
 
@@ -113,13 +114,16 @@ def test_precise_statistics_are_averaged_over_ddp_ranks(tmp_path):
 
     config = _ddp_config()
     dataset = load_dataset(config.data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks ran: oneDNN's channels_last convolutions sum in a thread-dependent order
     per_rank = []
     for rank in (0, 1):
-        model = RSAM(config.model)
+        model = RSAM(config.model).to(memory_format=memory_format(torch.device("cpu")))  # as fit lays it out
         model.load_state_dict(states[0])
         shares = train_batches(len(dataset.train), 128, 0, config.train.seed, rank, 2)
         recompute_batchnorm_statistics(model, (dataset.train.batch(i)[0] for i in shares), SOLO)
         per_rank.append(model.state_dict())
+    torch.set_num_threads(threads)
     checked = 0
     for name, tensor in states[0].items():
         if name.endswith(("running_mean", "running_var")):

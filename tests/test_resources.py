@@ -36,7 +36,7 @@ def test_shortfall(need: ResourceRequest, nodes: list[dict[str, float]], why: st
 
 
 def test_the_error_names_what_was_asked_what_exists_and_the_keys() -> None:
-    need = ResourceRequest.for_scaling(ScalingConfig(num_workers=4), keys="trial", what="each trial")
+    need = ResourceRequest.for_scaling(ScalingConfig(num_workers=4, cpus_per_worker=1), keys="trial", what="each trial")
     message = str(need.error([{"CPU": 2.0}], need.shortfall([{"CPU": 2.0}])))
     assert "each trial asks for 4 workers of 1 CPU" in message
     assert "(1 node: 2 CPU, 0 GPU)" in message and "trial.num_workers" in message

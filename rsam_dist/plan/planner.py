@@ -31,6 +31,7 @@ from rsam_dist.plan.estimate import (
 from rsam_dist.plan.targets import Target, address_target, cluster_target, local_cpu_count, local_target
 from rsam_dist.plan.trials import PlannedTrial, TrialShape, config_trial, sweep_trials
 from rsam_dist.sweep.config import ResolvedSweep, load_sweep
+from rsam_dist.worker_cpus import settle_cpus
 
 MEASURE_BUDGET_S = 1.0
 """Seconds of timed steps per distinct step setting (at least two steps are timed)."""
@@ -107,6 +108,7 @@ def make_plan(path: str | Path, overrides: tuple[str, ...] | list[str] = (), clu
         warnings += _sweep_start_warnings(sweep, target)
     else:
         config = validate_dict(Config, apply_overrides(raw, list(overrides)), str(path))
+        config = settle_cpus(config, _node_resources(target))
         trials = config_trial(config)
     shape = max({trial.shape for trial in trials}, key=lambda s: (s.gpus, s.cpus))
     if len({trial.shape for trial in trials}) > 1:
@@ -143,6 +145,13 @@ def make_plan(path: str | Path, overrides: tuple[str, ...] | list[str] = (), clu
         cost = cluster_cost(target, room.nodes_used, None if expected is None else expected / 3600)
     return Plan(str(path), kind, target, trials, estimates, shape, room, next(iter(sizes.values())), wall, expected,
                 cost, checks, warnings, sweep, config, timer.steps.seconds_spent, start, timer)
+
+
+def _node_resources(target: Target) -> list[dict[str, float]]:
+    """The nodes `scaling.cpus_per_worker: auto` is settled against: each node type the target may
+    hold (this machine's CPUs where the target is local and its table does not know them)."""
+    nodes = [{"CPU": node.cpus, "GPU": node.gpus or 0.0} for node in target.nodes if node.cpus]
+    return nodes or [{"CPU": float(local_cpu_count())}]
 
 
 def _gpus_for_auto(target: Target) -> float:

@@ -45,9 +45,9 @@ class Case:
 
 
 def _all_cases() -> list[Case]:
-    from faults import cluster_edge, inputs, runs, sweeps
+    from faults import cluster_edge, hangs, inputs, runs, sweeps
 
-    cases = [*runs.CASES, *inputs.CASES, *cluster_edge.CASES, *sweeps.CASES]
+    cases = [*runs.CASES, *inputs.CASES, *cluster_edge.CASES, *sweeps.CASES, *hangs.CASES]
     ids = [case.id for case in cases]
     duplicated = {i for i in ids if ids.count(i) > 1}
     assert not duplicated, f"duplicate fault ids: {duplicated}"
