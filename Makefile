@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 # The demo sweep (glimpses x feedback on digits, offline) on a local Ray, then its report.
 # Run again, it resumes the sweep in runs/demo (finished trials are kept) and rewrites the report.

@@ -71,7 +71,21 @@ def load_dataset(config: DataConfig) -> Dataset:
     return Dataset(dataset.name, dataset.train.head(config.limit_train), dataset.test.head(config.limit_test))
 
 
+def ensure_available(config: DataConfig) -> None:
+    """Make sure the workers of this machine will find the data, without loading it: download
+    CIFAR-10 once (or fail with where to put it) if its files are missing. Digits and synthetic
+    data need nothing. The driver calls it before Ray starts, so a missing dataset costs no Ray start."""
+    if config.name == "cifar10" and not _cifar_present(Path(config.root).expanduser()):
+        load_cifar10(config)
+
+
 # --- CIFAR-10 ---------------------------------------------------------------------------------
+
+CIFAR10_FILES = ("batches.meta", "test_batch", *(f"data_batch_{i}" for i in range(1, 6)))
+
+
+def _cifar_present(root: Path) -> bool:
+    return all((root / "cifar-10-batches-py" / name).is_file() for name in CIFAR10_FILES)
 
 
 def load_cifar10(config: DataConfig) -> Dataset:

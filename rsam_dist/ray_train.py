@@ -19,7 +19,7 @@ from typing import Any
 
 from rsam_dist import timeline
 from rsam_dist.config import Config
-from rsam_dist.data import load_dataset
+from rsam_dist.data import ensure_available
 from rsam_dist.errors import UserError
 from rsam_dist.loss_watch import NonFiniteLoss
 from rsam_dist.resources import ResourceRequest, autoscaling_node_types, live_node_resources, local_node_resources
@@ -182,7 +182,7 @@ def train_on_ray(run: RunDir, config: Config, address: str | None = None, resume
     with hold_lock(run.local or run.path):
         settled = config
         if not address:  # workers share this disk: find (or download) the data once, fail fast here
-            load_dataset(config.data)
+            ensure_available(config.data)
             settled = settle_cpus(config, [local_node_resources() or {"CPU": float(os.cpu_count() or 1)}])
         need = None if settled.scaling.cpus_per_worker == AUTO else ResourceRequest.for_scaling(settled.scaling)
         with connect(address, need=need):

@@ -242,9 +242,9 @@ def _run_sweep_locked(
             raise UserError(f"{directory}: nothing to resume (no {SWEEP_FILE}); run without --resume")
         sweep = load_stored_sweep(directory)  # the sweep as it was started (load_sweep_for_cli refused changes)
     if not address and sweep.base.data.name == "cifar10":
-        from rsam_dist.data import load_dataset
+        from rsam_dist.data import ensure_available
 
-        load_dataset(sweep.base.data)  # download once, or fail now with where to put the files
+        ensure_available(sweep.base.data)  # download once, or fail now with where to put the files
 
     interrupted = False
     with connect(address):
