@@ -435,14 +435,17 @@ def node_ip() -> str:
 
 
 @pytest.fixture(scope="module")
-def job_env(tmp_path_factory) -> Iterator[Path]:
-    """A private job registry and remote-runs directory; token auth for this process's clients."""
+def job_env(tmp_path_factory, shared_head) -> Iterator[Path]:
+    """A private job registry and remote-runs directory; token auth for this process's clients.
+    These tests start Ray heads of their own, so the session's shared head (conftest) is stopped."""
+    shared_head.stop()
     base = tmp_path_factory.mktemp("jobs")
     saved = {key: os.environ.get(key) for key in ("RSAM_DIST_HOME", "RSAM_DIST_REMOTE_RUNS", "RAY_AUTH_MODE")}
     os.environ["RSAM_DIST_HOME"] = str(base / "home")
     os.environ["RSAM_DIST_REMOTE_RUNS"] = str(base / "remote-runs")
     use_token_auth()
-    if not (Path.home() / ".ray" / "auth_token").exists():  # `ray start` needs one; ray.init makes one too
+    # `ray start` needs a token; HOME is the session's temporary one (conftest), not the real home.
+    if not (Path.home() / ".ray" / "auth_token").exists():
         subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True)
     yield base
     for key, value in saved.items():
@@ -608,12 +611,6 @@ def test_unknown_job_on_a_live_cluster_is_one_line(ray_head):
 
 @pytest.mark.ray
 def test_sweep_job(ray_head, job_env):
-    try:
-        import rsam_dist.sweep  # noqa: F401
-    except ImportError:
-        pytest.skip("rsam_dist.sweep (`rsam-dist sweep`) is not in this checkout yet")
-    if not (REPO_ROOT / "sweeps" / "demo.yaml").is_file():
-        pytest.skip("sweeps/demo.yaml is not in this checkout yet")
     # The demo sweep cut to 2 one-epoch trials on a slice of digits.
     job_id = submit(ray_head.url, "sweep", "sweeps/demo.yaml", "search={model.glimpses: {grid: [1, 2]}}",
                     "train.epochs=1", *TINY)
