@@ -9,8 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from click.testing import CliRunner
 
-from rsam_dist.runs import load_state
+from rsam_dist.cli import main
+from rsam_dist.config import load_config
+from rsam_dist.data import load_dataset
+from rsam_dist.model import RSAM
+from rsam_dist.runs import load_state, read_metrics
 
 _SCRIPT = Path(sys.executable).with_name("rsam-dist")
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "rsam_dist.cli"]
@@ -72,11 +78,23 @@ def _event_accumulator(directory: Path):
     return accumulator
 
 
+def _counted_top1(state_file: Path, config_file: Path) -> float:
+    """Test top-1 of a checkpoint's model on the run's test split, counted here (mean-softmax vote)."""
+    config = load_config(config_file)
+    model = RSAM(config.model)
+    model.load_state_dict(load_state(state_file)["model"])
+    split = load_dataset(config.data).test
+    with torch.no_grad():
+        images, labels = split.batch(torch.arange(len(split)))
+        votes = model.eval()(images).logits.softmax(-1).mean(0)
+    return (votes.argmax(-1) == labels).float().mean().item()
+
+
 def test_local_train_then_resume(repo_root, tmp_path):
     storage = tmp_path / "runs"
     first = rsam(
-        "train", "configs/digits.yaml", "--local",
-        "--set", "train.epochs=1", "--set", "data.limit_train=256", "--set", f"train.storage={storage}",
+        "train", "configs/digits.yaml", "--local", "--set", "train.epochs=1", "--set", "data.limit_train=256",
+        "--set", "train.keep_checkpoints=1", "--set", f"train.storage={storage}",
         cwd=repo_root,
     )
     assert first.returncode == 0, first.stderr
@@ -84,7 +102,6 @@ def test_local_train_then_resume(repo_root, tmp_path):
     run = _run_directory(first.stdout)
     assert run.parent == storage.resolve()
     assert (run / "config.yaml").is_file()
-    assert (run / "checkpoint_epoch=0000" / "state.pt").is_file()
     assert (run / "best" / "state.pt").is_file()
     assert load_state(run / "checkpoint_epoch=0000" / "state.pt")["epoch"] == 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -96,17 +113,55 @@ def test_local_train_then_resume(repo_root, tmp_path):
     assert "masks/figure1" in tags["images"], tags
     figure = events.Images("masks/figure1")[0]
     assert figure.width >= 5 * 32 * 4 and figure.height >= 4 * 32 * 4  # 4 probe rows of 4x tiles
-    assert [event.step for event in events.Scalars("test/top1")] == [1]
-    assert 0.0 <= events.Scalars("test/top1")[0].value <= 1.0
+    # What TensorBoard shows is what the run printed and recorded, and it is the accuracy of the
+    # checkpoint's model, counted here.
+    [logged] = events.Scalars("test/top1")
+    [recorded] = read_metrics(run)
+    assert logged.step == 1 and logged.value == pytest.approx(recorded["test_top1"], rel=1e-6)
+    assert f"final test top-1 {100 * recorded['test_top1']:.2f}%" in first.stdout
+    counted = _counted_top1(run / "checkpoint_epoch=0000" / "state.pt", run / "config.yaml")
+    assert recorded["test_top1"] == pytest.approx(counted, abs=1e-6)
 
     second = rsam("train", "--local", "--resume", run, "--set", "train.epochs=2", cwd=repo_root)
     assert second.returncode == 0, second.stderr
     assert "epoch   2/2" in second.stdout
     assert "epoch   1/2" not in second.stdout
     assert _run_directory(second.stdout) == run
-    assert (run / "checkpoint_epoch=0001" / "state.pt").is_file()
+    # keep_checkpoints=1: epoch 2's checkpoint replaced epoch 1's.
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_epoch=0001"]
     assert load_state(run / "checkpoint_epoch=0001" / "state.pt")["epoch"] == 1
     assert "epochs: 2" in (run / "config.yaml").read_text()
     # Both runs' event files together hold epoch 1 and epoch 2, once each.
     steps = [event.step for event in _event_accumulator(run / "tensorboard").Scalars("test/top1")]
     assert sorted(steps) == [1, 2]
+    # best/ holds the first epoch with the best test top-1 (a tie keeps the earlier one).
+    top1 = [metrics["test_top1"] for metrics in read_metrics(run)]
+    best = load_state(run / "best" / "state.pt")
+    assert best["epoch"] == top1.index(max(top1)) and best["last_metrics"]["test_top1"] == max(top1)
+
+
+def test_a_failure_during_the_run_is_one_line_and_exit_1(monkeypatch, tmp_path, repo_root):
+    import rsam_dist.local
+
+    def broken(run, config, resume=False):
+        raise RuntimeError("the disk controller\nreports a fault")
+
+    monkeypatch.setattr(rsam_dist.local, "train_local", broken)
+    monkeypatch.delenv("RSAM_DEBUG", raising=False)
+    arguments = ["train", str(repo_root / "configs/digits.yaml"), "--local", "--set", f"train.storage={tmp_path}"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1
+    assert result.stderr == ("rsam-dist: run failed: RuntimeError: reports a fault "
+                             "(RSAM_DEBUG=1 shows the trace)\n")
+    traced = CliRunner().invoke(main, arguments, env={"RSAM_DEBUG": "1"})
+    assert traced.exit_code == 1
+    assert "Traceback (most recent call last)" in traced.stderr and "in broken" in traced.stderr
+
+
+def test_a_diverging_run_exits_1_naming_the_cause(repo_root, tmp_path):
+    result = rsam("train", "configs/digits.yaml", "--local", "--smoke-test", "--set", "optim.lr=1e30",
+                  "--set", f"train.storage={tmp_path}", cwd=repo_root)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [
+        "rsam-dist: run failed: FloatingPointError: training loss became nan; lower optim.lr "
+        "(RSAM_DEBUG=1 shows the trace)"]

@@ -4,9 +4,11 @@ computing the down-sample features once is the same model as recomputing them pe
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rsam_dist.config import ModelConfig
@@ -15,6 +17,7 @@ from rsam_dist.model import (
     DownsampleNet,
     FlatAttentionInput,
     RSAMOutput,
+    combined_scores,
     count_trainable_parameters,
     rsam_loss,
 )
@@ -188,3 +191,77 @@ def test_features_once_equals_features_per_glimpse_gradients(normalised_images):
     first_bn_ref = [m for m in per_glimpse.attention_input.modules() if isinstance(m, nn.BatchNorm2d)][0]
     assert first_bn.num_batches_tracked.item() == 1
     assert first_bn_ref.num_batches_tracked.item() == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The author's-code options: each changes what is computed, to the value written out by hand here
+
+
+def _two_glimpse_logits() -> torch.Tensor:
+    """(2 glimpses, 2 images, 10 classes) with negative logits, so that ReLU changes them."""
+    generator = torch.Generator().manual_seed(5)
+    return torch.randn(2, 2, 10, generator=generator) * 3
+
+
+def _output(logits: torch.Tensor) -> RSAMOutput:
+    return RSAMOutput(logits, torch.zeros(*logits.shape[:2], 32, 32))
+
+
+def test_default_loss_sums_every_glimpse_cross_entropy():
+    logits, labels = _two_glimpse_logits(), torch.tensor([3, 7])
+    expected = sum(F.cross_entropy(logits[g], labels) for g in range(2))
+    assert rsam_loss(_output(logits), labels, ModelConfig(glimpses=2)) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_last_glimpse_loss_is_the_last_glimpse_cross_entropy_only():
+    logits, labels = _two_glimpse_logits().requires_grad_(True), torch.tensor([3, 7])
+    loss = rsam_loss(_output(logits), labels, ModelConfig(glimpses=2, loss="last_glimpse"))
+    assert loss.item() == pytest.approx(F.cross_entropy(logits[1], labels).item(), rel=1e-6)
+    assert loss.item() < rsam_loss(_output(logits), labels, ModelConfig(glimpses=2)).item() - 0.5
+    loss.backward()
+    assert torch.count_nonzero(logits.grad[0]) == 0 and torch.count_nonzero(logits.grad[1]) > 0
+
+
+def test_relu_logits_applies_relu_before_the_softmax():
+    logits, labels = _two_glimpse_logits(), torch.tensor([3, 7])
+    assert (logits < 0).any()
+    config = ModelConfig(glimpses=2, relu_logits=True)
+    expected = sum(F.cross_entropy(F.relu(logits[g]), labels) for g in range(2))
+    assert rsam_loss(_output(logits), labels, config) == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(expected - rsam_loss(_output(logits), labels, ModelConfig(glimpses=2))) > 0.1
+    scores = combined_scores(_output(logits), config)
+    assert torch.allclose(scores, F.softmax(F.relu(logits), -1).mean(0), atol=1e-7)
+
+
+def test_mean_softmax_and_sum_log_softmax_vote_differently():
+    # Image 0: glimpse 1 is sure of class 0 (0.9, class 1 0.1), glimpse 2 prefers class 1 (0.6) and
+    # nearly rules class 0 out (0.001). Mean of softmaxes picks 0 (0.4505 vs 0.35); the sum of
+    # log-softmaxes picks 1 (log 0.1 + log 0.6 = -2.81 vs log 0.9 + log 0.001 = -7.0).
+    probabilities = torch.full((2, 1, 10), 1e-9)
+    probabilities[0, 0, :2] = torch.tensor([0.9, 0.1])
+    probabilities[1, 0, :3] = torch.tensor([0.001, 0.6, 0.399])
+    output = _output(probabilities.log())
+    mean = combined_scores(output, ModelConfig(glimpses=2))
+    summed = combined_scores(output, ModelConfig(glimpses=2, combine="sum_log_softmax"))
+    assert mean[0, :2].tolist() == pytest.approx([0.4505, 0.35], abs=1e-6)
+    assert summed[0, :2].tolist() == pytest.approx([math.log(0.9 * 0.001), math.log(0.1 * 0.6)], abs=1e-5)
+    assert mean.argmax(-1).item() == 0 and summed.argmax(-1).item() == 1
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_batchnorm_init_uniform_draws_every_scale_from_u01():
+    torch.manual_seed(0)
+    default = _batchnorms(RSAM(ModelConfig()))
+    torch.manual_seed(0)
+    uniform = _batchnorms(RSAM(ModelConfig(batchnorm_init="uniform")))
+    assert len(default) == len(uniform) == 6  # 2 down-sample, 1 mask decoder, 3 glimpse network
+    for plain, drawn in zip(default, uniform, strict=True):
+        assert torch.equal(plain.weight, torch.ones_like(plain.weight))
+        assert drawn.weight.min() >= 0 and drawn.weight.max() < 1
+        assert drawn.weight.unique().numel() == drawn.weight.numel()  # drawn, not a constant
+        assert torch.equal(drawn.bias, torch.zeros_like(drawn.bias))  # shifts keep PyTorch's zeros
+    scales = torch.cat([module.weight.detach() for module in uniform])
+    assert scales.mean().item() == pytest.approx(0.5, abs=0.05)  # 1,112 draws of U(0, 1)
