@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test demo lint bench precision-check clean
+.PHONY: venv test test-gpu demo lint bench precision-check clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): requirements.lock pyproject.toml
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra --durations=20
+
+# The tests that need a CUDA GPU (nccl DDP, SyncBatchNorm, fractional-GPU trials, the CUDA RNG in
+# checkpoints): a few minutes on one GPU. `make test` skips them where no GPU is visible.
+test-gpu: venv
+	$(BIN)/python -m pytest -q -ra -m gpu
 
 # The demo sweep (glimpses x feedback on digits, offline) on a local Ray, then its report.
 # Run again, it resumes the sweep in runs/demo (finished trials are kept) and rewrites the report.
