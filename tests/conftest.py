@@ -159,7 +159,7 @@ def train_worker_actors(shared: SharedHead) -> int:
     from ray.util.state import list_actors
 
     actors = list_actors(address=shared.address(), filters=[("class_name", "=", "RayTrainWorker")],
-                         limit=100_000, raise_on_missing_output=False)
+                         limit=10_000, raise_on_missing_output=False)  # the State API's most
     return len(actors)
 
 

@@ -1,5 +1,10 @@
 """`rsam-dist report`: figures and report.md from sweep directories written by the sweep's own
-writer (rsam_dist.sweep.results), for an ablation grid, a glimpse sweep and an optuna search."""
+writer (rsam_dist.sweep.results), for an ablation grid, a glimpse sweep and an optuna search, and
+from two real sweeps (the session's `grid_sweep` and `optuna_arms_sweep`).
+
+Figures are checked by what they plot: each drawn `Figure` is kept (the module's `Figure` is
+swapped for a subclass that remembers itself on `savefig`) and its lines and points are read back.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from matplotlib.figure import Figure
 from PIL import Image
 
 from rsam_dist.cli import main
 from rsam_dist.config import Config
 from rsam_dist.errors import UserError
 from rsam_dist.metrics import glimpse_metric
+from rsam_dist.report import figures as report_figures
 from rsam_dist.report import write_report
+from rsam_dist.runs import read_metrics
 from rsam_dist.sweep import EpochRecord, TrialResult, load_sweep, load_sweep_results, summary_text
 from rsam_dist.sweep.results import write_results, write_sweep_file
 
@@ -72,13 +80,53 @@ def make_sweep(directory: Path, *, name: str, search: dict, seeds: list[int], tr
     return directory
 
 
-def assert_png(path: Path) -> None:
+def assert_png(path: Path, figure: Figure) -> None:
+    """The file is the PNG of `figure`, at its size."""
     with Image.open(path) as image:
         assert image.format == "PNG"
-        width, height = image.size
-        assert width >= 600 and height >= 400, image.size
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colours is not None and len(colours) > 50, "a blank or near-blank image"
+        width, height = figure.get_size_inches() * figure.dpi
+        assert image.size == (round(width), round(height))
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, Figure]:
+    """Every figure the report saves, by file name, to read its artists back."""
+    saved: dict[str, Figure] = {}
+
+    class RecordedFigure(Figure):
+        def savefig(self, path, *args, **kwargs):
+            saved[Path(path).name] = self
+            return super().savefig(path, *args, **kwargs)
+
+    monkeypatch.setattr(report_figures, "Figure", RecordedFigure)
+    return saved
+
+
+def lines(figure: Figure, axes_index: int = 0) -> dict[str, tuple[list[float], list[float]]]:
+    """The labelled lines of an axes: label -> (x, y)."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in figure.axes[axes_index].get_lines() if not line.get_label().startswith("_")}
+
+
+def errorbars(figure: Figure) -> dict[str, tuple[list[float], list[float]]]:
+    """The labelled error-bar plots of the first axes: label -> (x, y) of their data line."""
+    return {container.get_label(): (list(container.lines[0].get_xdata()), list(container.lines[0].get_ydata()))
+            for container in figure.axes[0].containers}
+
+
+def points(figure: Figure, axes_index: int = 0) -> dict[str, list[tuple[float, float]]]:
+    """The labelled scatter collections of an axes: label -> [(x, y), ...]."""
+    return {collection.get_label(): [tuple(xy) for xy in collection.get_offsets().tolist()]
+            for collection in figure.axes[axes_index].collections if not collection.get_label().startswith("_")}
+
+
+def assert_same_points(got: list[tuple[float, float]], expected: list[tuple[float, float]]) -> None:
+    assert len(got) == len(expected)
+    assert [v for xy in sorted(got) for v in xy] == pytest.approx([v for xy in sorted(expected) for v in xy])
+
+
+def mean_curve(*curves: list[float]) -> list[float]:
+    return [statistics.fmean(100 * value for value in epoch) for epoch in zip(*curves, strict=True)]
 
 
 def pct(values: list[float]) -> str:
@@ -107,19 +155,29 @@ def ablation_dir(tmp_path: Path) -> Path:
     return make_sweep(tmp_path / "ablation", name="ablation", search=search, seeds=[0, 1], trials=trials)
 
 
-def test_ablation_report(ablation_dir: Path):
+def test_ablation_report(ablation_dir: Path, drawn):
     written = write_report(ablation_dir)
     assert [p.name for p in written] == ["fig_top1_per_epoch.png", "report.md", "report.html"]  # glimpses fixed
     assert all(p.is_file() for p in written)
-    assert_png(ablation_dir / "fig_top1_per_epoch.png")
+    figure = drawn["fig_top1_per_epoch.png"]
+    assert_png(ablation_dir / "fig_top1_per_epoch.png", figure)
+    # One line per arm: the mean over its two seeds of each epoch's test top-1, in percent.
+    drawn_lines = lines(figure)
+    labels = {(True, "downsample"): "feedback on, down-sample", (True, "fc"): "feedback on, fully-connected",
+              (False, "downsample"): "feedback off, down-sample", (False, "fc"): "feedback off, fully-connected"}
+    assert list(drawn_lines) == [f"{label} (n=2)" for label in labels.values()]
+    for arm, finals in ABLATION_FINALS.items():
+        x, y = drawn_lines[f"{labels[arm]} (n=2)"]
+        assert x == [1, 2, 3]
+        assert y == pytest.approx(mean_curve(*(_curve(final, 3) for final in finals)))
+    bands = [c for c in figure.axes[0].collections if c.get_paths()]
+    assert len(bands) == 4  # the min-max band of each arm's two seeds
     text = (ablation_dir / "report.md").read_text()
 
     assert "# RSAM sweep report: ablation" in text
     assert "**cifar10**; 3 epochs planned" in text
     assert "8 trials: 8 completed, 0 stopped early, 0 error, 0 pending" in text
     # One row per arm, in the sweep's order, with the numbers computed from results.csv.
-    labels = {(True, "downsample"): "feedback on, down-sample", (True, "fc"): "feedback on, fully-connected",
-              (False, "downsample"): "feedback off, down-sample", (False, "fc"): "feedback off, fully-connected"}
     positions = []
     for arm, finals in ABLATION_FINALS.items():
         row = (f"| {labels[arm]} | 2 | 0 | {pct(finals)} | {100 * statistics.stdev(finals):.2f} | "
@@ -180,7 +238,7 @@ def test_a_cell_of_the_wrong_type_is_a_user_error(ablation_dir: Path):
 # (2) The glimpse count of Figure 4, with a trial ASHA stopped and one that failed
 
 
-def test_glimpse_sweep_report(tmp_path: Path):
+def test_glimpse_sweep_report(tmp_path: Path, drawn):
     finals = {(1, 0): 0.50, (1, 1): 0.52, (2, 0): 0.58, (3, 0): 0.62, (4, 0): 0.64, (4, 1): 0.66}
     trials = [{"status": "completed", "curve": _curve(top1, 20), "params": {"model.glimpses": g, "train.seed": s}}
               for (g, s), top1 in finals.items()]
@@ -194,7 +252,22 @@ def test_glimpse_sweep_report(tmp_path: Path):
     assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_top1_vs_glimpses.png", "report.md",
                                          "report.html"]
     for path in written[:2]:
-        assert_png(path)
+        assert_png(path, drawn[path.name])
+    # Figure 4: the mean final top-1 of each glimpse count's completed trials (the stopped and the
+    # failed trial left out), each trial a dot, and the paper's one number at 4 glimpses.
+    assert errorbars(drawn["fig_top1_vs_glimpses.png"]) == {
+        "this run: mean ± std (dots: trials)": ([1, 2, 3, 4], pytest.approx([51.0, 58.0, 62.0, 65.0]))}
+    assert lines(drawn["fig_top1_vs_glimpses.png"])["paper: 64.95% at 4 glimpses (20 epochs)"] == (
+        [4], [pytest.approx(64.95)])
+    dots = sorted((x, round(y, 6)) for line in drawn["fig_top1_vs_glimpses.png"].axes[0].get_lines()
+                  if line.get_marker() == "." for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True))
+    assert dots == [(1, 50.0), (1, 52.0), (2, 58.0), (3, 62.0), (4, 64.0), (4, 66.0)]
+    # Figure 3: the stopped trial drawn for its two epochs, dashed, in its arm's colour.
+    per_epoch = drawn["fig_top1_per_epoch.png"].axes[0].get_lines()
+    dashed = [line for line in per_epoch if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == pytest.approx([100 * v for v in _curve(0.40, 20)[:2]])
+    assert lines(drawn["fig_top1_per_epoch.png"])["glimpses=4 (n=2)"][1] == pytest.approx(
+        mean_curve(_curve(0.64, 20), _curve(0.66, 20)))
     text = (directory / "report.md").read_text()
 
     assert "8 trials: 6 completed, 1 stopped early, 1 error, 0 pending" in text
@@ -215,7 +288,7 @@ def test_glimpse_sweep_report(tmp_path: Path):
 
 
 @pytest.mark.parametrize("with_choice", [True, False], ids=["choice+continuous", "continuous-only"])
-def test_optuna_search_report(tmp_path: Path, with_choice: bool):
+def test_optuna_search_report(tmp_path: Path, with_choice: bool, drawn):
     draws = [(0.002, 0.85, True, 0.91), (0.03, 0.95, False, 0.97), (0.01, 0.90, True, 0.99),
              (0.08, 0.82, False, 0.88), (0.005, 0.97, True, 0.95)]
     trials = []
@@ -235,7 +308,18 @@ def test_optuna_search_report(tmp_path: Path, with_choice: bool):
     written = write_report(directory)
     assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_search.png", "report.md", "report.html"]
     for path in written[:2]:
-        assert_png(path)
+        assert_png(path, drawn[path.name])
+    # The search figure: final top-1 against each continuous key, per trial; the best starred.
+    search = drawn["fig_search.png"]
+    assert [axes.get_xlabel() for axes in search.axes] == ["optim.lr", "optim.momentum"]
+    assert search.axes[0].get_xscale() == "log" and search.axes[1].get_xscale() == "linear"
+    for index, key in enumerate(("lr", "momentum")):
+        drawn_points = points(search, index)
+        column = 0 if key == "lr" else 1
+        assert_same_points(drawn_points["completed"], [(d[column], 100 * d[3]) for d in draws])
+        stopped_value = 0.09 if key == "lr" else draws[0][1]
+        assert drawn_points["stopped early (fewer epochs)"] == [pytest.approx((stopped_value, 35.0))]
+        assert drawn_points["best (trial t002)"] == [pytest.approx((draws[2][column], 99.0))]
     text = (directory / "report.md").read_text()
 
     assert "**digits**" in text and "Search algorithm: optuna; scheduler: asha" in text
@@ -292,3 +376,52 @@ def test_report_html_is_self_contained(ablation_dir):
     figure = (ablation_dir / "fig_top1_per_epoch.png").read_bytes()
     assert f'src="data:image/png;base64,{base64.b64encode(figure).decode()}"' in page
     assert 'src="fig_' not in page  # no link left to a file beside it
+
+
+# ---------------------------------------------------------------------------------------------
+# Real sweeps: the report of what `rsam-dist sweep` wrote, checked against each trial's own record
+
+
+def _records(directory: Path) -> dict[str, list[dict[str, float]]]:
+    """Each trial's own metrics.jsonl, by trial id (where the report's numbers must come from)."""
+    return {trial.trial_id: read_metrics(Path(trial.run_dir)) for trial in load_sweep_results(directory).trials}
+
+
+def test_report_of_a_real_grid_sweep(grid_sweep, drawn):
+    directory = grid_sweep.directory
+    written = write_report(directory)
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_top1_vs_glimpses.png", "report.md",
+                                         "report.html"]
+    text = (directory / "report.md").read_text()
+    assert "2 trials: 2 completed, 0 stopped early, 0 error, 0 pending" in text
+    records = _records(directory)
+    by_glimpses = {trial.params["model.glimpses"]: records[trial.trial_id]
+                   for trial in load_sweep_results(directory).trials}
+    for glimpses, epochs in sorted(by_glimpses.items()):
+        final = epochs[-1]["test_top1"]
+        assert f"| glimpses={glimpses} | 1 | 0 | {pct([final])} | — | {pct([final])} | 2 |" in text
+        x, y = lines(drawn["fig_top1_per_epoch.png"])[f"glimpses={glimpses}"]
+        assert (x, y) == ([1, 2], pytest.approx([100 * m["test_top1"] for m in epochs]))
+    assert errorbars(drawn["fig_top1_vs_glimpses.png"])["this run: mean ± std (dots: trials)"] == (
+        [1, 2], pytest.approx([100 * by_glimpses[g][-1]["test_top1"] for g in (1, 2)]))
+    best = max(by_glimpses.values(), key=lambda epochs: epochs[-1]["test_top1"])
+    assert f"**{pct([best[-1]['test_top1']])}** after 2 epochs" in text
+    assert "the comparison with the paper's 64.95% does not apply" in text and HONESTY in text
+
+
+def test_report_of_a_real_optuna_sweep_with_arms(optuna_arms_sweep, drawn):
+    directory = optuna_arms_sweep.directory
+    written = write_report(directory)
+    assert [p.name for p in written] == ["fig_top1_per_epoch.png", "fig_search.png", "report.md", "report.html"]
+    text = (directory / "report.md").read_text()
+    trials = load_sweep_results(directory).trials
+    records = _records(directory)
+    for feedback, label in ((True, "feedback on"), (False, "feedback off")):
+        finals = [records[t.trial_id][-1]["test_top1"] for t in trials if t.params["model.feedback"] is feedback]
+        assert len(finals) == 2
+        row = (f"| {label} | 2 | 0 | {pct(finals)} | {100 * statistics.stdev(finals):.2f} | "
+               f"{100 * max(finals):.2f}% | 1 |")
+        assert row in text, row
+    drawn_points = points(drawn["fig_search.png"])
+    expected = [(t.params["optim.lr"], 100 * records[t.trial_id][-1]["test_top1"]) for t in trials]
+    assert_same_points(drawn_points["completed"], expected)

@@ -8,6 +8,7 @@
       optim.lr: {loguniform: [0.001, 0.1]}
     seeds: [0]                           # or a count: `seeds: 5` is [0, 1, 2, 3, 4]
     algorithm: grid                      # grid | random | optuna (TPE)
+    startup_trials: 10                   # optuna: random trials before TPE takes over
     scheduler: {type: fifo}              # or {type: asha, grace_period: 2, reduction_factor: 2}
     trial: {num_workers: 1, gpus_per_worker: 0.25}
 
@@ -151,6 +152,9 @@ class SweepConfig(Section):
     num_samples: int = Field(1, ge=1)
     """Samples drawn by random/optuna; with grid keys, each grid point is repeated this often."""
     algorithm: Literal["grid", "random", "optuna"] = "grid"
+    startup_trials: int = Field(10, ge=0)
+    """optuna: trials drawn at random before TPE starts to model the results (Optuna's default, 10).
+    A search of fewer trials than this never uses TPE at all."""
     scheduler: SchedulerConfig = SchedulerConfig()
     metric: str = "test_top1"
     mode: Literal["max", "min"] = "max"

@@ -157,9 +157,11 @@ def build_tuner(sweep: ResolvedSweep, fixed: dict[str, Any], name: str, restore:
         scheduler = FIFOScheduler()
     search_alg = None
     if spec.algorithm == "optuna":
+        from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=fixed.get("train.seed", spec.seeds[0]))
+        seed = fixed.get("train.seed", spec.seeds[0])
+        search_alg = OptunaSearch(sampler=TPESampler(seed=seed, n_startup_trials=spec.startup_trials))
     return tune.Tuner(
         trainable,
         param_space=param_space(spec, fixed),
