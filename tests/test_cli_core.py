@@ -158,10 +158,11 @@ def test_a_failure_during_the_run_is_one_line_and_exit_1(monkeypatch, tmp_path, 
     assert "Traceback (most recent call last)" in traced.stderr and "in broken" in traced.stderr
 
 
-def test_a_diverging_run_exits_1_naming_the_cause(repo_root, tmp_path):
+def test_a_diverging_run_is_one_line_and_exit_2_naming_the_cause(repo_root, tmp_path):
+    # A loss that is no longer finite is the user's learning rate, not a crash: exit 2, one line.
     result = rsam("train", "configs/digits.yaml", "--local", "--smoke-test", "--set", "optim.lr=1e30",
                   "--set", f"train.storage={tmp_path}", cwd=repo_root)
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines() == [
-        "rsam-dist: run failed: FloatingPointError: training loss became nan; lower optim.lr "
-        "(RSAM_DEBUG=1 shows the trace)"]
+        "rsam-dist: error: the training loss became nan within the epoch's first 2 steps (lr 1e+30): "
+        "lower optim.lr; the checkpoints of earlier epochs are kept"]
