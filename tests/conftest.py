@@ -10,6 +10,7 @@
   nodes, Ray Jobs heads): it stops the shared head first, since rsam-dist refuses a second local
   Ray and Train's placement-group cleaner must not see two. The shared head starts again when a
   later test asks for it; test files order their exclusive tests first to keep restarts rare.
+  A `ray` test that asks for neither (it starts a local Ray through the CLI) gets the same.
 - `grid_sweep`, `optuna_arms_sweep`: two tiny real sweeps on the shared head, run once for the
   sweep tests and the report tests.
 - GPU tests (`@pytest.mark.gpu`, run by `make test-gpu`) are skipped where CUDA is missing.
@@ -132,11 +133,25 @@ class SharedHead:
             self.head = None
 
 
+_session_head: SharedHead | None = None
+
+
 @pytest.fixture(scope="session")
 def shared_head() -> Iterator[SharedHead]:
-    shared = SharedHead()
-    yield shared
-    shared.stop()
+    global _session_head
+    _session_head = SharedHead()
+    yield _session_head
+    _session_head.stop()
+    _session_head = None
+
+
+@pytest.fixture(autouse=True)
+def _stop_the_shared_head_before_a_ray_of_its_own(request) -> None:
+    """A `ray` test that does not ask for the shared head starts a Ray of its own (a local
+    `rsam-dist train`/`sweep`), which rsam-dist refuses while another runs: stop the shared head."""
+    if (_session_head is not None and request.node.get_closest_marker("ray") is not None
+            and "shared_head" not in request.fixturenames):
+        _session_head.stop()
 
 
 @pytest.fixture
