@@ -256,7 +256,7 @@ def test_glimpse_sweep_report(tmp_path: Path, drawn):
     # Figure 4: the mean final top-1 of each glimpse count's completed trials (the stopped and the
     # failed trial left out), each trial a dot, and the paper's one number at 4 glimpses.
     assert errorbars(drawn["fig_top1_vs_glimpses.png"]) == {
-        "this run: mean ± std (dots: trials)": ([1, 2, 3, 4], pytest.approx([51.0, 58.0, 62.0, 65.0]))}
+        "this run: mean, 95% CI of the mean (dots: trials)": ([1, 2, 3, 4], pytest.approx([51.0, 58.0, 62.0, 65.0]))}
     assert lines(drawn["fig_top1_vs_glimpses.png"])["paper: 64.95% at 4 glimpses (20 epochs)"] == (
         [4], [pytest.approx(64.95)])
     dots = sorted((x, round(y, 6)) for line in drawn["fig_top1_vs_glimpses.png"].axes[0].get_lines()
@@ -402,7 +402,7 @@ def test_report_of_a_real_grid_sweep(grid_sweep, drawn):
         assert f"| glimpses={glimpses} | 1 | 0 | {pct([final])} | — | {pct([final])} | 2 |" in text
         x, y = lines(drawn["fig_top1_per_epoch.png"])[f"glimpses={glimpses}"]
         assert (x, y) == ([1, 2], pytest.approx([100 * m["test_top1"] for m in epochs]))
-    assert errorbars(drawn["fig_top1_vs_glimpses.png"])["this run: mean ± std (dots: trials)"] == (
+    assert errorbars(drawn["fig_top1_vs_glimpses.png"])["this run: mean, 95% CI of the mean (dots: trials)"] == (
         [1, 2], pytest.approx([100 * by_glimpses[g][-1]["test_top1"] for g in (1, 2)]))
     best = max(by_glimpses.values(), key=lambda epochs: epochs[-1]["test_top1"])
     assert f"**{pct([best[-1]['test_top1']])}** after 2 epochs" in text
