@@ -129,6 +129,12 @@ class SharedHead:
 
     def stop(self) -> None:
         if self.head is not None:
+            # This process may still be connected (an in-process sweep): a Ray client whose GCS
+            # dies aborts the process after 60 s, which would fail the session that passed.
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
             stop_head(self.head)
             self.head = None
 
