@@ -179,7 +179,9 @@ def train_worker_actors(shared: SharedHead) -> int:
     """How many Ray Train workers the shared head has started so far (finished ones included)."""
     from ray.util.state import list_actors
 
-    actors = list_actors(address=shared.address(), filters=[("class_name", "=", "RayTrainWorker")],
+    # The dashboard's URL, not the GCS address: from a GCS address the State API makes a GCS client
+    # that lives on in this process and aborts it 60 s after that head is stopped.
+    actors = list_actors(address=shared.dashboard, filters=[("class_name", "=", "RayTrainWorker")],
                          limit=10_000, raise_on_missing_output=False)  # the State API's most
     return len(actors)
 
