@@ -297,7 +297,7 @@ def test_a_user_error_on_the_workers_stays_a_user_error(tmp_path, monkeypatch, r
     from rsam_dist.errors import UserError
 
     # Skip the driver's own data check, so the missing dataset is found on a worker (as on a cluster).
-    monkeypatch.setattr(ray_train, "load_dataset", lambda data_config: None)
+    monkeypatch.setattr(ray_train, "ensure_available", lambda data_config: None)
     config = load_config(None, [f"data.root={tmp_path / 'empty'}", "data.download=false", "train.epochs=1",
                                 "train.max_failures=0", f"train.storage={tmp_path}", "train.name=missing"])
     with pytest.raises(UserError, match="cifar-10-batches-py"):
