@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -196,17 +199,46 @@ def train_on_ray(run: RunDir, config: Config, address: str | None = None, resume
 
 
 def fit_trainer(trainer):
-    """`trainer.fit()`, with a UserError raised on the workers surfacing as a UserError, and a run
-    stopped for a non-finite loss as NonFiniteLoss (exit 2)."""
+    """`trainer.fit()`, with a UserError raised on the workers surfacing as a UserError, a run
+    stopped for a non-finite loss as NonFiniteLoss (exit 2), and Ctrl-C as KeyboardInterrupt (exit 130)."""
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if hasattr(trainer, "_register_sigint_handler"):
+        # Train V2's own handler aborts the run, then leaves fit() returning an error or calls
+        # sys.exit(0) inside ray.get (the process then exits 1): Ctrl-C would look like a failure.
+        # Ours aborts the same way (the committed checkpoints stay) and remembers why the run ended.
+        trainer._register_sigint_handler = lambda controller: _abort_on_ctrl_c(controller, interrupted)
     try:
-        result = trainer.fit()
-    except Exception as error:  # noqa: BLE001 - Train V2 raises the workers' failure from fit()
-        raise_run_error(error, trainer)
+        try:
+            result = trainer.fit()
+        except Exception as error:  # noqa: BLE001 - Train V2 raises the workers' failure from fit()
+            if interrupted.is_set():
+                raise KeyboardInterrupt from None
+            raise_run_error(error, trainer)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
     raise_run_error(result.error, trainer)
     returned = result.return_value
     if isinstance(returned, dict) and returned.get(STOPPED_BY):
         raise NonFiniteLoss(returned[STOPPED_BY])
     return result
+
+
+def _abort_on_ctrl_c(controller, interrupted: threading.Event) -> None:
+    """On the first Ctrl-C ask Train's controller to abort the run (fit() then returns); on a second
+    one, stop waiting for it."""
+
+    def on_sigint(signum, frame) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        print("rsam-dist: stopping the run (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        controller.abort.remote()
+
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def raise_run_error(error: Exception | None, trainer=None) -> None:

@@ -284,8 +284,6 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(sto
     assert_same_run(_run(run.run_dir), ddp_runs[1])
 
 
-@pytest.mark.xfail(strict=True, reason="Ray Train V2's own SIGINT handler aborts the run and exits 1 "
-                   "(sys.exit inside ray.get) before rsam-dist's KeyboardInterrupt handling can say so")
 def test_ctrl_c_on_a_ray_run_exits_130_with_the_promised_line(stopped_and_resumed):
     run = stopped_and_resumed
     assert run.stopped_exit_code == 130, run.stopped_output
