@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from processes import descendants, is_running
 
 from rsam_dist.cli import main
 from rsam_dist.errors import UserError
@@ -380,33 +381,9 @@ def wait_for_dashboard(head: Head, timeout_s: float = 90.0) -> None:
             time.sleep(1.0)
 
 
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, stack = [root], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def is_running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def stop_head(head: Head, grace_s: float = 4.0) -> None:
     """SIGTERM the `ray start --block` process and everything it started, then SIGKILL leftovers."""
-    pids = process_tree(head.process.pid)
+    pids = descendants(head.process.pid)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -415,7 +392,7 @@ def stop_head(head: Head, grace_s: float = 4.0) -> None:
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(is_running(pid) for pid in pids):
         time.sleep(0.2)
-    for pid in set(pids) | set(process_tree(head.process.pid)):
+    for pid in set(pids) | set(descendants(head.process.pid)):
         if is_running(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
