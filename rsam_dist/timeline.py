@@ -19,19 +19,18 @@ from typing import Any
 ENV = "RSAM_TIMELINE"
 
 
-def enabled() -> bool:
-    return bool(os.environ.get(ENV))
-
-
 def mark(event: str, **fields: Any) -> None:
     """Append `event` with the current time; a no-op unless RSAM_TIMELINE is set."""
     path = os.environ.get(ENV)
     if not path:
         return
     record = {"event": event, "time": time.time(), "pid": os.getpid(), **fields}
-    # One short write in append mode: lines from concurrent processes do not interleave.
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    try:
+        # One short write in append mode: lines from concurrent processes do not interleave.
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError:
+        pass  # a measurement aid: an unwritable RSAM_TIMELINE must never stop a training run
 
 
 def read(path: str | Path) -> list[dict[str, Any]]:

@@ -69,3 +69,13 @@ def test_gpu_bench_runs_its_cpu_parts():
                   "--packed-steps", "1", "--packed-train-size", "64")
     for text in ("fp32 ", "bf16 ", "evaluation of 32 images at batch   500", "packed trials x2"):
         assert text in stdout, text
+
+
+def test_an_unwritable_timeline_never_stops_a_run(tmp_path, monkeypatch):
+    from rsam_dist import timeline
+
+    monkeypatch.setenv(timeline.ENV, str(tmp_path / "missing-folder" / "t.jsonl"))
+    timeline.mark("loop_start", rank=0)  # no error: the mark is lost, the run goes on
+    monkeypatch.setenv(timeline.ENV, str(tmp_path / "t.jsonl"))
+    timeline.mark("loop_start", rank=0)
+    assert [mark["event"] for mark in timeline.read(tmp_path / "t.jsonl")] == ["loop_start"]
