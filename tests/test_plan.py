@@ -157,8 +157,9 @@ def test_every_instance_type_in_the_cluster_files_has_a_dated_price(repo_root):
 # --- local plans: the step timed here ------------------------------------------------------------------
 
 
-def test_local_plan_times_the_step_and_interpolates_glimpses(repo_root):
-    plan = make_plan(repo_root / "sweeps/demo.yaml", FAST_MODEL, budget_s=0.1)
+def test_local_plan_times_the_step_and_interpolates_glimpses(repo_root, tmp_path):
+    # Storage in the test's folder: a `make demo` run left in the checkout must not refuse the plan.
+    plan = make_plan(repo_root / "sweeps/demo.yaml", [*FAST_MODEL, f"storage={tmp_path}"], budget_s=0.1)
     assert len(plan.trials) == 6
     assert plan.capacity.at_once == min(local_cpu_count(), 6)
     assert all(estimate.seconds > 0 for estimate in plan.estimates)
