@@ -211,6 +211,7 @@ def fit_trainer(trainer):
     try:
         try:
             result = trainer.fit()
+            timeline.mark("fit_returned")
         except Exception as error:  # noqa: BLE001 - Train V2 raises the workers' failure from fit()
             if interrupted.is_set():
                 raise KeyboardInterrupt from None

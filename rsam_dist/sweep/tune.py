@@ -50,6 +50,8 @@ from rsam_dist.sweep.results import (
 
 def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     """One Tune trial: the sweep's base config with `params`, trained by Ray Train."""
+    from rsam_dist import timeline
+    timeline.mark("trial_start")
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -59,7 +61,9 @@ def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     run = trial_run(sweep_dir, tune.get_context().get_trial_id())
     config = with_run_dir(sweep.trial_config(params), run)
     save_run_config(run, config)
+    timeline.mark("trial_fit")
     fit_trainer(build_trainer(config, run, callbacks=[TuneReportCallback()], quiet=True))
+    timeline.mark("trial_end")
 
 
 # --- Tune wiring --------------------------------------------------------------------------------
