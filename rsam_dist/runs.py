@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rsam_dist.config import Config, load_config
 from rsam_dist.errors import UserError
 
@@ -252,6 +250,8 @@ def write_bytes(target: str, payload: bytes) -> None:
 
 
 def save_state(target: str, state: dict[str, Any]) -> None:
+    import torch  # here, not at the top: commands that only read configs and metrics start without it
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(target, buffer.getvalue())
@@ -266,6 +266,8 @@ REQUIRED_STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "best_top1", 
 
 def load_state(source: str | Path) -> dict[str, Any]:
     """A checkpoint's state dict, loaded without running code; BadCheckpoint names what is wrong."""
+    import torch
+
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files

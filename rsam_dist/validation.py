@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rsam_dist.config import Config, apply_overrides, read_yaml, validate_dict
-from rsam_dist.model import RSAM, count_trainable_parameters
 
 SWEEP_KEYS = {"base", "search", "tune"}
 CLUSTER_KEYS = {"provider", "cluster_name", "available_node_types"}
@@ -20,6 +19,8 @@ def file_kind(raw: dict) -> str:
 
 
 def describe_train_config(config: Config) -> str:
+    from rsam_dist.model import RSAM, count_trainable_parameters  # torch: only once the file is valid
+
     parameters = count_trainable_parameters(RSAM(config.model))
     return f"{config.to_yaml()}# trainable parameters: {parameters:,}"
 

@@ -21,16 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rsam_dist.report.analysis import glimpses_vary, is_sampled
-from rsam_dist.report.figures import (
-    FIG_GLIMPSES,
-    FIG_PER_EPOCH,
-    FIG_SEARCH,
-    plot_search,
-    plot_top1_per_epoch,
-    plot_top1_vs_glimpses,
-)
-from rsam_dist.report.html import render_html
-from rsam_dist.report.markdown import render_markdown
 from rsam_dist.runs import write_bytes
 from rsam_dist.sweep.results import load_sweep_results
 
@@ -41,6 +31,18 @@ REPORT_PAGE = "report.html"
 def write_report(sweep_dir: str | Path) -> list[Path]:
     """Write the figures, report.md and report.html into `sweep_dir`; returns the paths written."""
     results = load_sweep_results(sweep_dir)
+    # matplotlib and markdown only now: a wrong directory is said in a fraction of a second.
+    from rsam_dist.report.figures import (
+        FIG_GLIMPSES,
+        FIG_PER_EPOCH,
+        FIG_SEARCH,
+        plot_search,
+        plot_top1_per_epoch,
+        plot_top1_vs_glimpses,
+    )
+    from rsam_dist.report.html import render_html
+    from rsam_dist.report.markdown import render_markdown
+
     directory = results.directory
     figures = [
         plot_top1_per_epoch(results, directory / FIG_PER_EPOCH),
