@@ -41,6 +41,8 @@ class Metric:
 
 
 GLIMPSE_PREFIX = "test_top1_glimpse_"
+GLIMPSE_TAG_PREFIX = "test/top1_glimpse_"
+"""The TensorBoard tags of the per-glimpse accuracies: this, then the 1-based glimpse."""
 
 METRICS: tuple[Metric, ...] = (
     Metric("epoch", None, "epoch", history=False),
@@ -78,7 +80,7 @@ def lookup(name: str) -> Metric | None:
     glimpse = glimpse_of(name)
     if glimpse is None:
         return None
-    return Metric(name, f"test/top1_glimpse_{glimpse}", f"glimpse {glimpse} top-1", fraction=True, goal="max")
+    return Metric(name, f"{GLIMPSE_TAG_PREFIX}{glimpse}", f"glimpse {glimpse} top-1", fraction=True, goal="max")
 
 
 def is_history_metric(name: str) -> bool:

@@ -53,6 +53,10 @@ def set_ray_environment() -> None:
     # 2 s more to end (each sweep trial too). A look is one small call per worker: 0.5 s costs nothing.
     # (A local Ray's controller inherits this from us; a cluster's nodes keep their own setting.)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Tune's default loggers include a TensorBoard one: each trial would show twice in a sweep's
+    # TensorBoard (and twice in HParams) beside the trial's own run. Its CSV and JSON loggers are
+    # passed explicitly instead (sweep.tune.build_tuner).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 def _refuse_second_local_instance() -> None:

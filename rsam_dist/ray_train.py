@@ -57,7 +57,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
 
     from rsam_dist.distributed import World, pick_device
     from rsam_dist.precision import Precision
-    from rsam_dist.recorder import EpochRecorder
+    from rsam_dist.recorder import EpochRecorder, TrialIdentity
     from rsam_dist.training import EpochResult, TrainState, fit, model_shapes
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
@@ -86,7 +86,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
     recorder = None
     if world.is_main:
         best = start["best_top1"] if start else -math.inf
-        recorder = EpochRecorder(config, run, quiet=loop_config.get("quiet", False), best_top1=best)
+        trial = TrialIdentity(**loop_config["trial"]) if loop_config.get("trial") else None
+        recorder = EpochRecorder(config, run, quiet=loop_config.get("quiet", False), best_top1=best, trial=trial)
 
     def on_epoch(result: EpochResult, state: TrainState) -> None:
         if recorder is not None:
@@ -137,8 +138,10 @@ def load_checkpoint_or_older(checkpoint, run: RunDir, shapes: dict[str, tuple[in
     return state
 
 
-def build_trainer(config: Config, run: RunDir, callbacks: Sequence[Any] = (), quiet: bool = False):
-    """The TorchTrainer for `config`, storing its checkpoints in `run`."""
+def build_trainer(config: Config, run: RunDir, callbacks: Sequence[Any] = (), quiet: bool = False,
+                  trial: dict[str, Any] | None = None):
+    """The TorchTrainer for `config`, storing its checkpoints in `run`. `trial`: a sweep trial's
+    {"label", "params"} (recorder.TrialIdentity), for its TensorBoard run."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -150,7 +153,7 @@ def build_trainer(config: Config, run: RunDir, callbacks: Sequence[Any] = (), qu
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run": {"storage": run.storage, "name": run.name},
-                           "quiet": quiet},
+                           "quiet": quiet, "trial": trial},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,

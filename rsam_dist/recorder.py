@@ -6,6 +6,8 @@ ours in local.py.)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 from rsam_dist.config import Config
 from rsam_dist.loss_watch import DivergenceWatch
@@ -15,13 +17,27 @@ from rsam_dist.tensorboard_log import TensorBoardLogger
 from rsam_dist.training import EpochResult, TrainState
 
 
+@dataclass(frozen=True)
+class TrialIdentity:
+    """What a sweep trial is: `label` (`glimpses=4,feedback=off`), the searched `params`, and the
+    `most_glimpses` of any trial of its sweep (every trial's HParams lists as many glimpse columns)."""
+
+    label: str
+    params: dict[str, Any]
+    most_glimpses: int | None = None
+
+
 class EpochRecorder:
-    def __init__(self, config: Config, run: RunDir, quiet: bool = False, best_top1: float = -math.inf):
-        """`best_top1`: the best test top-1 saved before (a resumed run's), which a tie does not replace."""
+    def __init__(self, config: Config, run: RunDir, quiet: bool = False, best_top1: float = -math.inf,
+                 trial: TrialIdentity | None = None):
+        """`best_top1`: the best test top-1 saved before (a resumed run's), which a tie does not replace.
+        `trial`: a sweep trial's label and searched values (its TensorBoard run's name and HParams)."""
         self.config = config
         self.run = run
         self.quiet = quiet
-        self.logger = TensorBoardLogger(run.tensorboard, config)
+        self.logger = TensorBoardLogger(run.tensorboard, config, run_name=trial.label if trial else None,
+                                        hparams=trial.params if trial else None,
+                                        glimpse_columns=trial.most_glimpses if trial else None)
         self.last_metrics: dict[str, float] = {}
         self.best_saved = best_top1
         self.divergence = DivergenceWatch.for_run(run, config.model)

@@ -313,6 +313,14 @@ def check_metric(sweep: ResolvedSweep) -> None:
                     f"{', '.join(reported)}")
 
 
+def most_glimpses(spec: SweepConfig, base: Config) -> int:
+    """The most glimpses a trial of the sweep has (the per-glimpse columns of its HParams view)."""
+    searched = spec.search.get("model.glimpses")
+    if searched is None:
+        return base.model.glimpses
+    return max(int(value) for value in searched.values_to_check())
+
+
 def _fewest_glimpses(spec: SweepConfig, base: Config) -> int:
     """The smallest glimpse count any trial of the sweep may have: per-glimpse metrics exist up to it
     in every trial."""
@@ -320,6 +328,25 @@ def _fewest_glimpses(spec: SweepConfig, base: Config) -> int:
     if searched is None:
         return base.model.glimpses
     return min(int(value) for value in searched.values_to_check())
+
+
+def label_keys(spec: SweepConfig) -> list[str]:
+    """The keys that tell one trial from another: the searched ones, and the seed when several run."""
+    return list(spec.search) + (["train.seed"] if len(spec.seeds) > 1 else [])
+
+
+def trial_label(params: dict[str, Any], keys: list[str]) -> str:
+    """What a trial is, in a few characters: `glimpses=4,feedback=off,seed=1` (the progress lines,
+    and the name of its TensorBoard run, so no '/' or spaces)."""
+
+    def short(value: Any) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        return str(value).replace("/", "_").replace(" ", "_")
+
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={short(params.get(key))}" for key in keys)
 
 
 def describe_sweep(sweep: ResolvedSweep) -> str:

@@ -4,7 +4,8 @@ Each Tune trial is a small driver function that builds and fits a `TorchTrainer`
 wrap a trainer itself any more). Drivers ask for a custom `train_driver` resource and no CPU, so
 they never hold the CPUs their own Train workers need. What the sweep directory holds is in
 `rsam_dist.sweep.results`, which writes it; Tune adds its experiment state (resume) and
-per-trial TensorBoard logs under `tune*/`.
+per-trial CSV/JSON results under `tune*/`. TensorBoard shows each trial's own run, named after it
+(`trials/<id>/tensorboard/glimpses=4,feedback=off/`), not a second copy from Tune's logger.
 
 With optuna and grid keys together (OptunaSearch refuses grid_search), each grid point gets its
 own Tune experiment and TPE study, `tune-point<k>/`.
@@ -33,7 +34,16 @@ from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
 from rsam_dist.resources import ResourceRequest
 from rsam_dist.run_start import hold_lock
 from rsam_dist.runs import save_run_config, with_run_dir
-from rsam_dist.sweep.config import Distribution, ResolvedSweep, SweepConfig, load_sweep
+from rsam_dist.sweep.config import (
+    Distribution,
+    ResolvedSweep,
+    SweepConfig,
+    label_keys,
+    load_sweep,
+    most_glimpses,
+    trial_label,
+)
+from rsam_dist.sweep.progress import SweepProgress
 from rsam_dist.sweep.results import (
     RESULTS_FILE,
     SWEEP_FILE,
@@ -61,8 +71,14 @@ def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     run = trial_run(sweep_dir, tune.get_context().get_trial_id())
     config = with_run_dir(sweep.trial_config(params), run)
     save_run_config(run, config)
+    keys = label_keys(sweep.spec)
+    # The searched values as the trial's config holds them (Tune's own may be numpy scalars).
+    resolved = config.to_dict()
+    searched = {key: resolved[key.split(".")[0]][key.split(".")[1]] for key in keys}
+    identity = {"label": trial_label(searched, keys) or run.name, "params": searched,
+                "most_glimpses": most_glimpses(sweep.spec, sweep.base)}
     timeline.mark("trial_fit")
-    fit_trainer(build_trainer(config, run, callbacks=[TuneReportCallback()], quiet=True))
+    fit_trainer(build_trainer(config, run, callbacks=[TuneReportCallback()], quiet=True, trial=identity))
     timeline.mark("trial_end")
 
 
@@ -139,6 +155,7 @@ def default_concurrency(spec: SweepConfig) -> int:
 def build_tuner(sweep: ResolvedSweep, fixed: dict[str, Any], name: str, restore: bool):
     """The Tuner of one experiment `name` (fixing the values `fixed`), or the stored one to resume."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     spec = sweep.spec
@@ -181,42 +198,59 @@ def build_tuner(sweep: ResolvedSweep, fixed: dict[str, Any], name: str, restore:
             name=name,
             storage_path=str(sweep.directory),
             verbose=0,  # progress_printer below says what matters, a line per epoch and trial
-            callbacks=[progress_printer(sweep)],
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), progress_printer(sweep)],
         ),
     )
 
 
+_progress: SweepProgress | None = None
+"""The running command's progress. A module global, not a field of the callback: Tune pickles its
+callbacks into the experiment state and a restored Tuner brings back that old copy."""
+
+
 def progress_printer(sweep: ResolvedSweep):
-    """A Tune callback that prints a line per trial epoch, finish and failure (the class needs ray)."""
+    """A Tune callback that prints a line per trial epoch, finish and failure, each ending with the
+    sweep's progress (`rsam_dist.sweep.progress`). The class needs ray, hence the factory."""
     from ray.tune import Callback
 
     epochs = sweep.base.train.epochs
-    keys = list(sweep.spec.search) + (["train.seed"] if len(sweep.spec.seeds) > 1 else [])
-    planned = planned_trials(sweep.spec)
+    keys = label_keys(sweep.spec)
+
+    def tail(trials) -> str:
+        if _progress is None:  # a Tuner restored outside run_sweep
+            return ""
+        ended = [t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")]
+        return f"  | {_progress.summary(ended)}"
 
     class _ProgressPrinter(Callback):
         def _label(self, trial) -> str:
-            values = ", ".join(f"{key.split('.')[-1]}={_short(trial.config.get(key))}" for key in keys)
+            values = trial_label(trial.config, keys)
             return f"{trial.trial_id} ({values})" if values else trial.trial_id
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if _progress is not None:
+                _progress.started(trial.trial_id)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             top1 = 100 * result.get("test_top1", 0)
             loss = result.get("train_loss", math.nan)
             epoch = int(result.get("epoch", 0))
-            print(f"[{self._label(trial)}] epoch {epoch}/{epochs}  loss {loss:.4f}  test top-1 {top1:.2f}%", flush=True)
+            if _progress is not None:
+                _progress.epoch(trial.trial_id, epoch)
+            print(f"[{self._label(trial)}] epoch {epoch}/{epochs}  loss {loss:.4f}  test top-1 {top1:.2f}%"
+                  f"{tail(trials)}", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
-            print(f"[{self._label(trial)}] finished ({done}/{planned} trials done)", flush=True)
+            if _progress is not None:
+                _progress.finished(trial.trial_id)
+            print(f"[{self._label(trial)}] finished{tail(trials)}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[{self._label(trial)}] FAILED: see {trial.path}", flush=True)
+            if _progress is not None:
+                _progress.finished(trial.trial_id)
+            print(f"[{self._label(trial)}] FAILED: see {trial.path}{tail(trials)}", flush=True)
 
     return _ProgressPrinter()
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 # --- running and resuming ---------------------------------------------------------------------
@@ -266,6 +300,10 @@ def _run_sweep_locked(
             if on_start is not None:
                 on_start()
         experiments = experiment_points(sweep.spec)
+        global _progress
+        _progress = SweepProgress(
+            total=len(experiments) * planned_trials(sweep.spec), epochs=sweep.base.train.epochs,
+            concurrency=sweep.spec.max_concurrent_trials or default_concurrency(sweep.spec))
         for index, fixed in enumerate(experiments):
             name = experiment_name(index, len(experiments))
             if len(experiments) > 1:
@@ -276,6 +314,7 @@ def _run_sweep_locked(
                 print(f"skipping {directory / name}: Tune's state there is unreadable", flush=True)
                 continue
             results = build_tuner(sweep, fixed, name, restore=resume).fit()
+            _progress.end_experiment(results.num_terminated + results.num_errors)
             # Tune returns normally on Ctrl-C, with trials still pending or never created.
             if results.num_terminated + results.num_errors < planned_trials(sweep.spec):
                 interrupted = True
