@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test test-gpu demo lint bench precision-check clean
+.PHONY: venv test test-slow test-all test-gpu demo screenshots lint bench precision-check clean
 
 venv: $(STAMP)
 
@@ -16,7 +16,20 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# The suite in two tiers. `make test` (under 10 minutes on 2 cores): every unit and in-process
+# test, the fault matrix, the browser tests, and the Ray end-to-end tests that catch what they are
+# named after (DDP averaging, a resume from the checkpoint's weights, TPE's proposals, a real grid
+# sweep, a stopped Ray run). `make test-slow` (~20 minutes): the tests marked `slow`, minutes each of
+# Ray end to end (whole sweeps with ASHA, Ctrl-C and resume, replication; a killed worker; several
+# nodes; Ray Jobs; S3 storage). CI (.ci/run) runs both; `make test-all` is both in one pytest run.
 test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra --durations=20 -m "not slow"
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -ra --durations=20 -m slow
+
+test-all: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra --durations=20
 
@@ -31,6 +44,11 @@ demo: venv
 	$(BIN)/rsam-dist sweep sweeps/demo.yaml $(if $(wildcard runs/demo/sweep.yaml),--resume)
 	$(BIN)/rsam-dist report runs/demo
 	@echo "See it: tensorboard --logdir runs/demo   and open runs/demo/report.html in a browser"
+
+# The README's screenshots (docs/*.png) of the demo sweep's TensorBoard and report, in headless
+# Chromium (apt-get install chromium chromium-driver): run `make demo` first.
+screenshots: venv
+	$(BIN)/python docs/screenshots.py runs/demo docs
 
 # rsam-dist against the author-style loop, in-process and through Ray, in one table (~10 minutes
 # on 2 cores): runs/bench/bench.md and .json. BENCH_ARGS="--skip-ray" for the in-process arms only,

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -63,6 +65,7 @@ def test_phases_from_a_runs_timeline():
     assert phases["total"] == 40.0
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_its_cpu_parts():
     stdout = _run("gpu_bench.py", "--device", "cpu", "--train-size", "64", "--test-size", "32", "--batch", "32",
                   "--glimpses", "1", "--epochs", "1", "--warmup-steps", "1", "--no-compile", "--packed", "1", "2",

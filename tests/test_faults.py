@@ -62,7 +62,13 @@ def run_case(case: Case, env: Env) -> tuple[int, str, str, float]:
     return result.exit_code, result.stdout, result.stderr, time.monotonic() - started
 
 
-@pytest.mark.parametrize("case", ALL_CASES, ids=[case.id for case in ALL_CASES])
+def _marks(case: Case) -> list[pytest.MarkDecorator]:
+    # A row run as a child process may start a local Ray, which rsam-dist refuses beside another:
+    # `ray` has conftest stop the session's shared head first.
+    return [*([pytest.mark.ray] if case.subprocess else []), *([pytest.mark.slow] if case.slow else [])]
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=_marks(case)) for case in ALL_CASES])
 def test_fault(case: Case, tmp_path: Path, repo_root: Path, finished_run: Path, request) -> None:
     env = Env(tmp=tmp_path, repo=repo_root, finished_run=finished_run)
     if case.setup is not None:

@@ -478,6 +478,7 @@ FAKE_CLUSTER = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_job_runs_on_an_autoscaled_worker(job_env):
     # The head has no CPUs, so the Train worker can only run on a node the autoscaler adds.
@@ -506,6 +507,7 @@ def train_job(ray_head) -> str:
     return job_id
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_train_job_succeeds_and_logs_its_epochs(train_job):
     assert run("status", train_job).split() == [train_job, "SUCCEEDED"]
@@ -515,6 +517,7 @@ def test_train_job_succeeds_and_logs_its_epochs(train_job):
     assert train_job in run("status")  # the registry lists it
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_the_job_received_only_the_shipped_files(train_job, ray_head):
     # Ray unpacks the uploaded working_dir on the head: it holds the allow-list and nothing else
@@ -530,6 +533,7 @@ def test_the_job_received_only_the_shipped_files(train_job, ray_head):
                                                               "requirements.lock"}
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_train_job_outputs_land_in_the_job_directory(train_job, job_env):
     job_dir = job_env / "remote-runs" / train_job
@@ -539,6 +543,7 @@ def test_train_job_outputs_land_in_the_job_directory(train_job, job_env):
     assert record["file"] == "configs/digits.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_tensorboard_collects_the_jobs_event_files(train_job, job_env):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -554,6 +559,7 @@ def test_tensorboard_collects_the_jobs_event_files(train_job, job_env):
     assert [event.step for event in accumulator.Scalars("test/top1")] == [1]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_stop_stops_a_long_job(ray_head):
     job_id = submit(ray_head.url, "train", "configs/digits.yaml", "train.epochs=100", *TINY)
@@ -564,6 +570,7 @@ def test_stop_stops_a_long_job(ray_head):
     assert run("status", job_id).split()[:2] == [job_id, "STOPPED"]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_failing_job_reports_its_one_line_error(ray_head, job_env):
     # A UserError in the job (here: the run directory is taken) ends it FAILED, and `status` shows
@@ -579,6 +586,7 @@ def test_a_failing_job_reports_its_one_line_error(ray_head, job_env):
     assert line.count("\n") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_unknown_job_on_a_live_cluster_is_one_line(ray_head):
     result = CliRunner().invoke(main, ["status", "rsam-train-nope", "--address", ray_head.url])
@@ -586,6 +594,7 @@ def test_unknown_job_on_a_live_cluster_is_one_line(ray_head):
         "rsam-dist: error: job rsam-train-nope does not exist on that cluster")
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_sweep_job(ray_head, job_env):
     # The demo sweep cut to 2 one-epoch trials on a slice of digits.
@@ -639,6 +648,7 @@ def test_job_asking_g2_for_a_gpu_fails_at_submit_in_one_line(rsam_home, kind, fi
     assert "offers Ray no GPU" in result.stderr and "cluster/aws-gpu.yaml" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_plan_reads_a_running_cluster_through_its_dashboard(ray_head):
     output = run("plan", str(REPO_ROOT / "sweeps/demo.yaml"), "--address", ray_head.url,

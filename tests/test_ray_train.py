@@ -149,6 +149,7 @@ def _train_workers_of(driver: Driver) -> list[int]:
     return [pid for pid in descendants(driver.process.pid) if "RayTrainWorker" in command_line(pid)]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_the_run_ends_as_if_it_had_not_been(tmp_path, ddp_runs, exclusive_ray,
                                                                              driver):
     run = driver("train", str(_write_config(tmp_path, workers=2)))  # a local Ray of its own
@@ -161,6 +162,7 @@ def test_a_killed_worker_is_replaced_and_the_run_ends_as_if_it_had_not_been(tmp_
     assert_same_run(_run(tmp_path / "run"), ddp_runs[2])
 
 
+@pytest.mark.slow
 def test_two_nodes_strict_spread(tmp_path, exclusive_ray):
     from ray.cluster_utils import Cluster
 

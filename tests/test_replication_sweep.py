@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]  # six Ray trials; slow on a loaded 2-core machine
+# Six Ray trials: minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
 RSAM_DIST = [sys.executable, "-m", "rsam_dist.cli"]

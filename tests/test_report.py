@@ -409,6 +409,7 @@ def test_report_of_a_real_grid_sweep(grid_sweep, drawn):
     assert "the comparison with the paper's 64.95% does not apply" in text and HONESTY in text
 
 
+@pytest.mark.slow
 def test_report_of_a_real_optuna_sweep_with_arms(optuna_arms_sweep, drawn):
     directory = optuna_arms_sweep.directory
     written = write_report(directory)

@@ -126,6 +126,7 @@ def test_local_metrics_after_a_torn_write_keep_every_epoch(tmp_path):
     assert read_metrics(run) == [{"epoch": 1, "test_top1": 0.5}, {"epoch": 2, "test_top1": 0.6}]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_train_on_s3_storage_end_to_end(s3_endpoint, tmp_path):
     """`rsam-dist train` on Ray Train with s3:// storage: checkpoints, metrics and events in the bucket."""

@@ -57,6 +57,7 @@ def test_threads_and_the_first_line():
         "worker 1/2: cpu, 1 torch thread, precision fp32 (auto), batch 64 per worker (global 128)")
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_one_worker_on_a_local_ray_gets_every_cpu(tmp_path, monkeypatch):
     marks = tmp_path / "timeline.jsonl"

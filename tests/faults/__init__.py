@@ -42,6 +42,8 @@ class Case:
     """Look for `words` in stdout too."""
     changes: tuple[str, ...] = ()
     """Relative paths under which files may change (a row whose command rightly does work there)."""
+    slow: bool = False
+    """A row of minutes (a whole sweep on Ray): `make test-slow` runs it, `make test` does not."""
 
 
 def _all_cases() -> list[Case]:

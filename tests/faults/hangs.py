@@ -202,7 +202,7 @@ CASES = [
          changes=("runs",), timeout=STARTUP_S + 120),
     Case("hang-sigterm-stops-ray-train", (*TRAIN, "--set", "train.epochs=50", "--set", "train.name=t"), 130,
          ("interrupted",), setup=sigterm_after_first_epoch("t"), check=stopped_soon, subprocess=True,
-         changes=("runs",), timeout=STARTUP_S + RAY_START_S + 120),
+         changes=("runs",), timeout=STARTUP_S + RAY_START_S + 120, slow=True),
     # Losses.
     Case("loss-nan-stops-within-steps", (*TRAIN, "--local", *NAN_LR, "--set", "train.name=nan"), 2,
          ("training loss became nan", "lower optim.lr"), check=stopped_early, timeout=120),

@@ -221,7 +221,8 @@ def validated_int_range(env: Env, stdout: str, stderr: str) -> None:
 
 SWEEP = ("sweep", "s.yaml")
 RESUME = ("sweep", "s.yaml", "--resume")
-RAY_ROW = dict(subprocess=True, timeout=480, changes=(SWEEP_DIR,))  # Ray starts in ~30 s; a loaded machine is slower
+# Ray starts in ~30 s; a loaded machine is slower. The finished sweep these rows resume takes ~1.5 min.
+RAY_ROW = dict(subprocess=True, timeout=480, changes=(SWEEP_DIR,), slow=True)
 
 CASES = [
     Case("sweep-bad-later-grid-value", SWEEP, 2, ("search.model.glimpses", "greater than or equal to 1"),
