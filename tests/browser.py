@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import free_port
+from processes import free_port, kill_tree
 
 REQUIRE_ENV = "RSAM_REQUIRE_BROWSER"
 TENSORBOARD = str(Path(sys.executable).with_name("tensorboard"))
@@ -78,12 +78,8 @@ def tensorboard_server(logdir: Path, timeout_s: float = 90.0) -> Iterator[str]:
                 raise AssertionError(f"{err}; it said:\n{log.read()[-3000:]}") from None
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            kill_tree(server.pid)  # the server we started and anything it started, nothing else
+            server.wait()
 
 
 def _runs(url: str) -> bytes | None:

@@ -241,6 +241,7 @@ def test_one_glimpse_digits_evaluation_is_not_stalled_by_running_statistics():
     assert precise[-1]["test_top1"] > FAR_ABOVE_CHANCE, precise
 
 
+@pytest.mark.slow
 def test_one_glimpse_digits_command_reports_both_views(repo_root, tmp_path):
     """The issue's command: no chance-level top-1 while train mode is far above it; the train-mode
     figure is in metrics.jsonl and TensorBoard every epoch."""

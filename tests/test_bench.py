@@ -25,6 +25,7 @@ def _run(script: str, *arguments: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_bench_in_process_writes_its_table(tmp_path):
     out = tmp_path / "bench"
     stdout = _run("bench.py", "--skip-ray", "--repeats", "1", "--epoch-repeats", "1", "--epoch-images", "64",

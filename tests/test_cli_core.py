@@ -90,6 +90,7 @@ def _counted_top1(state_file: Path, config_file: Path) -> float:
     return (votes.argmax(-1) == labels).float().mean().item()
 
 
+@pytest.mark.slow
 def test_local_train_then_resume(repo_root, tmp_path):
     storage = tmp_path / "runs"
     first = rsam(

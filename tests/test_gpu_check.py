@@ -122,6 +122,7 @@ def test_device_cuda_on_a_worker_given_no_gpu_is_one_line(k520_node):
     assert "\n" not in str(caught.value) and k520_node == []
 
 
+@pytest.mark.slow
 def test_g2_start_environment_keeps_torch_away_from_the_gpu():
     """The env the g2 start commands give Ray's processes answers torch.cuda.is_available() with
     False without calling into CUDA (here a call would raise), so Ray's own probes are silent too."""

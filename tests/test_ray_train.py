@@ -74,13 +74,23 @@ def train_in_process(config: Config, address: str) -> Run:
     return _run(run.local)
 
 
+class TrainedRuns:
+    """`RUN` trained to the end on the shared head, with `workers` workers, each the first time a
+    test asks for it (the fast tier needs only the 1-worker run; `make test-slow` both)."""
+
+    def __init__(self, storage: Path, shared_head) -> None:
+        self.storage, self.shared_head, self.runs = storage, shared_head, {}
+
+    def __getitem__(self, workers: int) -> Run:
+        if workers not in self.runs:
+            config = run_config(self.storage, f"w{workers}", f"scaling.num_workers={workers}")
+            self.runs[workers] = train_in_process(config, self.shared_head.address())
+        return self.runs[workers]
+
+
 @pytest.fixture(scope="session")
-def ddp_runs(tmp_path_factory, shared_head) -> dict[int, Run]:
-    """`RUN` trained to the end with 1 and with 2 workers on the shared head."""
-    storage = tmp_path_factory.mktemp("ddp")
-    return {workers: train_in_process(run_config(storage, f"w{workers}", f"scaling.num_workers={workers}"),
-                                      shared_head.address())
-            for workers in (1, 2)}
+def ddp_runs(tmp_path_factory, shared_head) -> TrainedRuns:
+    return TrainedRuns(tmp_path_factory.mktemp("ddp"), shared_head)
 
 
 def checkpoints(run_dir: Path) -> list[dict]:
@@ -190,6 +200,7 @@ def test_two_nodes_strict_spread(tmp_path, exclusive_ray):
 # --- on the shared head ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_workers_follow_the_single_worker_trajectory(ddp_runs):
     one, two = ddp_runs[1].epochs, ddp_runs[2].epochs
     assert [m["epoch"] for m in one] == [m["epoch"] for m in two] == [1, 2, 3]
@@ -205,7 +216,7 @@ def test_two_workers_follow_the_single_worker_trajectory(ddp_runs):
 
 
 def test_checkpoints_keep_the_last_k_and_best_is_the_first_best_epoch(ddp_runs):
-    for run in ddp_runs.values():
+    for run in (ddp_runs[1],):
         kept = checkpoints(run.path)
         assert [state["epoch"] for state in kept] == [1, 2]  # keep_checkpoints=2 of 3 epochs
         for state, metrics in zip(kept, run.epochs[1:], strict=True):
@@ -216,6 +227,7 @@ def test_checkpoints_keep_the_last_k_and_best_is_the_first_best_epoch(ddp_runs):
         assert best["best_top1"] == max(top1)
 
 
+@pytest.mark.slow
 def test_rank_zero_writes_one_event_file_with_every_tag(ddp_runs):
     path = ddp_runs[2].path
     files = list((path / "tensorboard").glob("events.out.tfevents.*"))
@@ -292,6 +304,7 @@ def test_ctrl_c_on_a_ray_run_exits_130_with_the_promised_line(stopped_and_resume
     assert "interrupted; finished epochs and trials are kept (use --resume)" in run.stopped_output
 
 
+@pytest.mark.slow
 def test_a_user_error_on_the_workers_stays_a_user_error(tmp_path, monkeypatch, ray_address):
     import rsam_dist.ray_train as ray_train
     from rsam_dist.errors import UserError
