@@ -11,8 +11,8 @@
   Ray and Train's placement-group cleaner must not see two. The shared head starts again when a
   later test asks for it; test files order their exclusive tests first to keep restarts rare.
   A `ray` test that asks for neither (it starts a local Ray through the CLI) gets the same.
-- `grid_sweep`, `optuna_arms_sweep`: two tiny real sweeps on the shared head, run once for the
-  sweep tests and the report tests.
+- `grid_sweep`, `ddp_grid_sweep`, `optuna_arms_sweep`: tiny real sweeps on the shared head, run
+  once for the sweep, report and browser tests.
 - GPU tests (`@pytest.mark.gpu`, run by `make test-gpu`) are skipped where CUDA is missing.
 """
 
@@ -204,8 +204,16 @@ def _run_sweep(shared: SharedHead, sweep_file: Path) -> FinishedSweep:
 
 @pytest.fixture(scope="session")
 def grid_sweep(tmp_path_factory, shared_head) -> FinishedSweep:
-    """A grid over glimpses {1, 2}, each trial a 2-worker DDP run of 2 epochs."""
+    """A grid over glimpses {1, 2}, each trial a 1-worker run of 2 epochs (both at once)."""
     sweep_file = write_sweep(tmp_path_factory.mktemp("grid"), "grid", search={"model.glimpses": {"grid": [1, 2]}},
+                             trial={"num_workers": 1, "cpus_per_worker": 1})
+    return _run_sweep(shared_head, sweep_file)
+
+
+@pytest.fixture(scope="session")
+def ddp_grid_sweep(tmp_path_factory, shared_head) -> FinishedSweep:
+    """The same grid, each trial a 2-worker DDP run (one trial at a time on the 2-CPU head)."""
+    sweep_file = write_sweep(tmp_path_factory.mktemp("ddpgrid"), "grid", search={"model.glimpses": {"grid": [1, 2]}},
                              trial={"num_workers": 2})
     return _run_sweep(shared_head, sweep_file)
 

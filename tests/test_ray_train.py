@@ -93,6 +93,18 @@ def ddp_runs(tmp_path_factory, shared_head) -> TrainedRuns:
     return TrainedRuns(tmp_path_factory.mktemp("ddp"), shared_head)
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory) -> Run:
+    """`RUN` trained to the end in-process (`--local`, no Ray: seconds, not a minute). A 1-worker Ray
+    run gives the same numbers and weights bit for bit (test_a_one_worker_ray_run_is_the_local_run)."""
+    from rsam_dist.local import train_local
+
+    config = run_config(tmp_path_factory.mktemp("local"), "w1")
+    run = RunDir.for_config(config)
+    train_local(run, config)
+    return _run(run.local)
+
+
 def checkpoints(run_dir: Path) -> list[dict]:
     """The states of Ray's kept epoch checkpoints, oldest first (names hold their timestamps)."""
     return [load_state(path / "state.pt") for path in sorted(run_dir.glob("checkpoint_*")) if path.is_dir()]
@@ -215,6 +227,12 @@ def test_two_workers_follow_the_single_worker_trajectory(ddp_runs):
     assert two[0]["train_loss"] != one[0]["train_loss"]
 
 
+@pytest.mark.slow
+def test_a_one_worker_ray_run_is_the_local_run(ddp_runs, uninterrupted_run):
+    assert_same_run(ddp_runs[1], uninterrupted_run)
+
+
+@pytest.mark.slow
 def test_checkpoints_keep_the_last_k_and_best_is_the_first_best_epoch(ddp_runs):
     for run in (ddp_runs[1],):
         kept = checkpoints(run.path)
@@ -285,7 +303,7 @@ def stopped_and_resumed(tmp_path_factory, shared_head) -> StoppedAndResumed:
     return StoppedAndResumed(run_dir, stopped_exit_code, first.output(), done, resumed_exit_code, resumed.output())
 
 
-def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(stopped_and_resumed, ddp_runs):
+def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(stopped_and_resumed, uninterrupted_run):
     run = stopped_and_resumed
     assert run.stopped_exit_code != 0, run.stopped_output
     assert 1 <= run.done < 3
@@ -295,7 +313,7 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(sto
     assert f"resuming from the checkpoint of epoch {run.done}" in run.resumed_output
     # Weights, momentum, schedule and data order came back from the checkpoint: the resumed
     # epochs and the final state are those of the run that was never stopped.
-    assert_same_run(_run(run.run_dir), ddp_runs[1])
+    assert_same_run(_run(run.run_dir), uninterrupted_run)
 
 
 def test_ctrl_c_on_a_ray_run_exits_130_with_the_promised_line(stopped_and_resumed):

@@ -53,8 +53,9 @@ def assert_rows_are_the_runs_own_records(directory: Path) -> dict[str, list[dict
     return records
 
 
-def test_grid_sweep_of_two_worker_ddp_trials(grid_sweep):
-    directory = grid_sweep.directory
+def assert_a_finished_grid_sweep(sweep, workers: int) -> None:
+    """A grid over glimpses {1, 2} whose trials each ran `workers` Ray Train workers."""
+    directory = sweep.directory
     rows = read_rows(directory / "results.csv")
     assert sorted(row["model.glimpses"] for row in rows) == ["1", "2"]
     assert {row["status"] for row in rows} == {"completed"}
@@ -63,11 +64,11 @@ def test_grid_sweep_of_two_worker_ddp_trials(grid_sweep):
         glimpses = int(row["model.glimpses"])
         reported = {key for key in records[row["trial_id"]][-1] if key.startswith("test_top1_glimpse_")}
         assert reported == {glimpse_metric(g) for g in range(1, glimpses + 1)}
-    assert grid_sweep.train_workers == 2 * 2  # two trials, each a 2-worker Ray Train run
+    assert sweep.train_workers == 2 * workers  # two trials, each a `workers`-worker Ray Train run
     # The best config is the best trial's training config, and `rsam-dist validate` accepts it.
     best = max(rows, key=lambda row: float(row["final_test_top1"]))
     best_config = load_config(directory / "best_config.yaml")
-    assert best_config.model.glimpses == int(best["model.glimpses"]) and best_config.scaling.num_workers == 2
+    assert best_config.model.glimpses == int(best["model.glimpses"]) and best_config.scaling.num_workers == workers
     assert CliRunner().invoke(main, ["validate", str(directory / "best_config.yaml")]).exit_code == 0
     # One TensorBoard directory for the sweep: each trial's own run (no second copy from Tune's
     # logger), whose scalars are the trial's numbers.
@@ -82,7 +83,15 @@ def test_grid_sweep_of_two_worker_ddp_trials(grid_sweep):
         assert logged == pytest.approx([m["test_top1"] for m in records[row["trial_id"]]], rel=1e-6)
 
 
+def test_grid_sweep(grid_sweep):
+    assert_a_finished_grid_sweep(grid_sweep, workers=1)
+
+
 @pytest.mark.slow
+def test_grid_sweep_of_two_worker_ddp_trials(ddp_grid_sweep):
+    assert_a_finished_grid_sweep(ddp_grid_sweep, workers=2)
+
+
 def test_optuna_with_grid_keys_runs_one_study_per_arm(optuna_arms_sweep):
     directory = optuna_arms_sweep.directory
     assert sorted(p.name for p in directory.glob("tune*")) == ["tune-point0", "tune-point1"]
