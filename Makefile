@@ -19,7 +19,7 @@ $(STAMP): requirements.lock pyproject.toml
 # The suite in two tiers. `make test` (under 10 minutes on 2 cores): every unit and in-process
 # test, the fault matrix, the browser tests, and the Ray end-to-end tests that catch what they are
 # named after (DDP averaging, a resume from the checkpoint's weights, TPE's proposals, a real grid
-# sweep, a stopped Ray run). `make test-slow` (~20 minutes): the tests marked `slow`, minutes each of
+# sweep, a stopped Ray run). `make test-slow` (~25 minutes): the tests marked `slow`, minutes each of
 # Ray end to end (whole sweeps with ASHA, Ctrl-C and resume, replication; a killed worker; several
 # nodes; Ray Jobs; S3 storage). CI (.ci/run) runs both; `make test-all` is both in one pytest run.
 test: venv
