@@ -36,7 +36,7 @@ class EpochRecorder:
         self.run = run
         self.quiet = quiet
         self.logger = TensorBoardLogger(run.tensorboard, config, run_name=trial.label if trial else None,
-                                        hparams=trial.params if trial else None,
+                                        shown_hparams=trial.params if trial else None,
                                         glimpse_columns=trial.most_glimpses if trial else None)
         self.last_metrics: dict[str, float] = {}
         self.best_saved = best_top1

@@ -72,15 +72,16 @@ CUSTOM_SCALARS = {
 
 class TensorBoardLogger:
     """Writes one run's event files into `log_dir` (a local folder or a URI), or into its subfolder
-    `run_name`. `hparams`: the values the HParams view shows (default: the whole config flattened);
+    `run_name`. `shown_hparams`: the values the HParams view shows (default: the config flattened);
     `glimpse_columns`: how many per-glimpse metrics it lists (default: this model's glimpses). In a
     sweep every trial must list the same ones: TensorBoard takes the columns from one run only.
     Open it on rank 0 only."""
 
     def __init__(self, log_dir: str | Path, config: Config, run_name: str | None = None,
-                 hparams: dict[str, float | int | str | bool] | None = None, glimpse_columns: int | None = None):
+                 shown_hparams: dict[str, float | int | str | bool] | None = None,
+                 glimpse_columns: int | None = None):
         self.config = config
-        self.hparams = hparams
+        self.shown_hparams = shown_hparams
         self.glimpse_columns = glimpse_columns or config.model.glimpses
         self.destination = str(log_dir).rstrip("/") + (f"/{run_name}" if run_name else "")
         # Object stores cannot append: event files grow in a local folder and are copied up whole.
@@ -121,7 +122,7 @@ class TensorBoardLogger:
         names = [*HPARAMS_FINAL, *(glimpse_metric(g) for g in range(1, self.glimpse_columns + 1))]
         metrics = {f"hparams/final_{name}": final.get(name, math.nan) for name in names}
         metrics["hparams/best_test_top1"] = best_top1
-        experiment, session_start, session_end = hparams(self.hparams or flat_hparams(self.config), metrics)
+        experiment, session_start, session_end = hparams(self.shown_hparams or flat_hparams(self.config), metrics)
         for summary in (experiment, session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():

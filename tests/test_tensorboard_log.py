@@ -26,7 +26,7 @@ def test_a_trial_run_is_named_after_the_trial_and_its_hparams_row_holds_what_was
     searched = {"model.glimpses": 2, "model.feedback": False, "train.seed": 1}
     # Another trial of this sweep has 3 glimpses: every trial's HParams lists 3 glimpse columns.
     logger = TensorBoardLogger(tmp_path / "tensorboard", config, run_name="glimpses=2,feedback=off,seed=1",
-                               hparams=searched, glimpse_columns=3)
+                               shown_hparams=searched, glimpse_columns=3)
     first, last = _epoch(0, 0.5), _epoch(1, 0.75)
     logger.log_epoch(first)
     logger.log_epoch(last)
