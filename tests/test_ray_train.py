@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -95,14 +96,17 @@ def ddp_runs(tmp_path_factory, shared_head) -> TrainedRuns:
 
 @pytest.fixture(scope="session")
 def uninterrupted_run(tmp_path_factory) -> Run:
-    """`RUN` trained to the end in-process (`--local`, no Ray: seconds, not a minute). A 1-worker Ray
-    run gives the same numbers and weights bit for bit (test_a_one_worker_ray_run_is_the_local_run)."""
-    from rsam_dist.local import train_local
-
-    config = run_config(tmp_path_factory.mktemp("local"), "w1")
-    run = RunDir.for_config(config)
-    train_local(run, config)
-    return _run(run.local)
+    """`RUN` trained to the end by `rsam-dist train --local` (no Ray: seconds, not a minute), in a
+    process of its own with the shared head's 2 torch threads, as a 1-worker Ray run there has (the
+    thread count changes float sums). That Ray run gives the same numbers and weights bit for bit
+    (test_a_one_worker_ray_run_is_the_local_run)."""
+    storage = tmp_path_factory.mktemp("local")
+    config = _write_config(storage, workers=1)
+    environment = {**os.environ, "OMP_NUM_THREADS": "2"}  # conftest.SHARED_HEAD_CPUS
+    done = subprocess.run([*RSAM_DIST, "train", str(config), "--local"], capture_output=True, text=True,
+                          timeout=300, env=environment, cwd=storage)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _run(storage / "run")
 
 
 def checkpoints(run_dir: Path) -> list[dict]:

@@ -92,6 +92,7 @@ def test_grid_sweep_of_two_worker_ddp_trials(ddp_grid_sweep):
     assert_a_finished_grid_sweep(ddp_grid_sweep, workers=2)
 
 
+@pytest.mark.slow
 def test_optuna_with_grid_keys_runs_one_study_per_arm(optuna_arms_sweep):
     directory = optuna_arms_sweep.directory
     assert sorted(p.name for p in directory.glob("tune*")) == ["tune-point0", "tune-point1"]
