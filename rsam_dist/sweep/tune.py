@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from rsam_dist import timeline
 from rsam_dist.config import shown
 from rsam_dist.errors import UserError
 from rsam_dist.ray_cluster import TRIAL_DRIVER_RESOURCE, connect
@@ -60,7 +61,6 @@ from rsam_dist.sweep.results import (
 
 def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     """One Tune trial: the sweep's base config with `params`, trained by Ray Train."""
-    from rsam_dist import timeline
     timeline.mark("trial_start")
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -73,8 +73,8 @@ def run_trial(params: dict[str, Any], sweep_dir: str) -> None:
     save_run_config(run, config)
     keys = label_keys(sweep.spec)
     # The searched values as the trial's config holds them (Tune's own may be numpy scalars).
-    resolved = config.to_dict()
-    searched = {key: resolved[key.split(".")[0]][key.split(".")[1]] for key in keys}
+    resolved = _flatten(config.to_dict())
+    searched = {key: resolved[key] for key in keys}
     identity = {"label": trial_label(searched, keys) or run.name, "params": searched,
                 "most_glimpses": most_glimpses(sweep.spec, sweep.base)}
     timeline.mark("trial_fit")
