@@ -50,10 +50,10 @@ demo: venv
 screenshots: venv
 	$(BIN)/python docs/screenshots.py runs/demo docs
 
-# rsam-dist against the author-style loop, in-process and through Ray, in one table (~10 minutes
-# on 2 cores): runs/bench/bench.md and .json. BENCH_ARGS="--skip-ray" for the in-process arms only,
-# "--repeats 3 --ray-repeats 2" to trade time for steadier medians. The Ray arms hold RAY_LOCK
-# while they run, so that they never meet another local Ray on this machine.
+# rsam-dist against the author-style loop, in-process and through Ray, and Ray Train's own floor,
+# in one table (~11 minutes on 2 cores): runs/bench/bench.md and .json. BENCH_ARGS="--skip-ray" for
+# the in-process arms only, "--repeats 3 --ray-repeats 2" to trade time for steadier medians. The
+# Ray arms hold RAY_LOCK while they run, so that they never meet another local Ray on this machine.
 RAY_LOCK ?= /tmp/rsam-ray.lock
 bench: venv
 	$(BIN)/python benchmarks/bench.py --ray-lock $(RAY_LOCK) $(BENCH_ARGS)

@@ -8,7 +8,11 @@ elsewhere hits them alike), and reported as medians with ratios:
     fraction of a plain fp32 matmul's rate with the same threads;
   * `rsam-dist train` on a synthetic set: in-process (--local), Ray Train with 1 worker and with
     2 workers: epoch time (epoch end to epoch end: train, evaluation, checkpoint, report), time
-    from Enter to the first training step with its phases, and the tail after the last epoch.
+    from Enter to the first training step with its phases, and the tail after the last epoch;
+  * Ray Train's floor (benchmarks/ray_floor.py): from Enter to a training function that does
+    nothing, through a fresh local Ray started as rsam-dist starts it, and `fit()` to that function
+    on the same Ray once warm. Ray's start-up, its controller and worker actors cost this much
+    before any rsam-dist code runs, so the Enter-to-first-step rows give their ratio to it.
 The table goes to runs/bench/bench.md and bench.json (and a timestamped copy of each).
 
     python benchmarks/bench.py                     # everything (starts a local Ray 3 times)
@@ -236,8 +240,10 @@ def file_lock(path: str | None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def bench_runs(args, workdir: Path) -> dict:
+def bench_runs(args, workdir: Path) -> tuple[dict, list[dict]]:
+    """The `rsam-dist train` arms and, in the same rounds, Ray Train's floor (benchmarks/ray_floor.py)."""
     results: dict[str, list[dict]] = {name: [] for name in RUN_ARMS}
+    floors: list[dict] = []
     index = 0
     with file_lock(args.ray_lock):
         for round_ in range(args.ray_repeats):
@@ -245,13 +251,29 @@ def bench_runs(args, workdir: Path) -> dict:
                 print(f"rsam-dist train: {name} (round {round_ + 1}/{args.ray_repeats}) ...", flush=True)
                 results[name].append(run_cli(name, extra, args, workdir, index))
                 index += 1
-    return results
+            print(f"Ray Train's floor: {args.floor_fits} no-op fits (round {round_ + 1}/{args.ray_repeats}) ...",
+                  flush=True)
+            floors.append(run_floor(args, workdir, round_))
+    return results, floors
+
+
+def run_floor(args, workdir: Path, index: int) -> dict:
+    """benchmarks/ray_floor.py in a fresh process: its JSON line."""
+    log = workdir / f"floor-{index}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    with log.open("w") as output:
+        code = subprocess.call([sys.executable, str(REPO / "benchmarks" / "ray_floor.py"), "--fits",
+                                str(args.floor_fits)], env=env, stdout=output, stderr=subprocess.STDOUT, cwd=workdir)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    if code or not lines:
+        raise RuntimeError(f"ray_floor.py exited {code}; see {log}:\n{log.read_text()[-2000:]}")
+    return json.loads(lines[-1])
 
 
 # --- the table ----------------------------------------------------------------------------------
 
 
-def build_rows(inproc: dict | None, runs: dict | None, args) -> list[dict]:
+def build_rows(inproc: dict | None, runs: dict | None, args, floors: list[dict] | None = None) -> list[dict]:
     rows: list[dict] = []
 
     def row(what, seconds, images, ratio=None, versus="", note=""):
@@ -304,14 +326,27 @@ def build_rows(inproc: dict | None, runs: dict | None, args) -> list[dict]:
         row("Ray Train, 1 worker: epoch", one, images, one / local, "--local epoch", "ratio = Ray's overhead")
         row("Ray Train, 2 workers: epoch", two, images, one / two, "1-worker epoch",
             "ratio = 2-worker throughput / 1-worker")
+        floors = floors or []
+        fresh_floor = median([floor["ray_ready"] + floor["fits"][0]["to_function"] for floor in floors])
+        warm_floor = median([fit["to_function"] for floor in floors for fit in floor["fits"][1:]])
         for name in RUN_ARMS:
             first_steps = [run["first_step"] for run in runs[name] if run["first_step"] is not None]
             tails = [run["tail"] for run in runs[name] if run["tail"] is not None]
+            to_floor = bool(floors) and name != "in-process (--local)"
             rows.append({"what": f"{name}: Enter to first step", "seconds": median(first_steps),
-                         "images_per_second": None, "ratio": None, "versus": "",
-                         "note": phase_note(runs[name])})
+                         "images_per_second": None, "ratio": median(first_steps) / fresh_floor if to_floor else None,
+                         "versus": "Ray Train floor, fresh Ray" if to_floor else "", "note": phase_note(runs[name])})
             rows.append({"what": f"{name}: tail after the last epoch", "seconds": median(tails),
                          "images_per_second": None, "ratio": None, "versus": "", "note": "last epoch end to exit"})
+        if floors:
+            rows.append({"what": "Ray Train floor: Enter to a no-op train function, fresh local Ray",
+                         "seconds": fresh_floor, "images_per_second": None, "ratio": None, "versus": "",
+                         "note": "reached at: python {:.1f}, ray.init {:.1f} (benchmarks/ray_floor.py)".format(
+                             median([floor["python_start"] for floor in floors]),
+                             median([floor["ray_ready"] for floor in floors]))})
+            rows.append({"what": "Ray Train floor: fit() to a no-op train function, warm Ray",
+                         "seconds": warm_floor, "images_per_second": None, "ratio": None, "versus": "",
+                         "note": "the least a run on a running Ray, or a sweep trial, waits for its function"})
     return rows
 
 
@@ -377,25 +412,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the author loop")
     parser.add_argument("--skip-ray", action="store_true", help="no rsam-dist train arms (no Ray)")
     parser.add_argument("--skip-in-process", action="store_true", help="only the rsam-dist train arms")
+    parser.add_argument("--floor-fits", type=int, default=3,
+                        help="no-op TorchTrainer fits of Ray Train's floor (the first on a fresh Ray)")
     parser.add_argument("--ray-lock", help="flock this file while the rsam-dist train arms run")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench"))
     args = parser.parse_args(argv)
     if args.run_epochs < 2:
         parser.error("--run-epochs must be at least 2 (an epoch time is end to end of two epochs)")
+    if args.floor_fits < 2:
+        parser.error("--floor-fits must be at least 2 (the first fit is on a fresh Ray, the others on a warm one)")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     inproc = None if args.skip_in_process else bench_in_process(args)
-    runs = None
+    runs, floors = None, None
     if not args.skip_ray:
         workdir = out / "last-runs"  # the runs' logs, timelines and run directories, for a look
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir()
-        runs = bench_runs(args, workdir)
+        runs, floors = bench_runs(args, workdir)
     info = machine()
-    rows = build_rows(inproc, runs, args)
+    rows = build_rows(inproc, runs, args, floors)
     table = markdown(rows, info, args)
-    report = {"machine": info, "arguments": vars(args), "rows": rows, "in_process": inproc, "runs": runs}
+    report = {"machine": info, "arguments": vars(args), "rows": rows, "in_process": inproc, "runs": runs,
+              "ray_floor": floors}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in ("bench", f"bench-{stamp}"):
         (out / f"{name}.md").write_text(table)

@@ -3,6 +3,7 @@ JSON, the phases it reads from a run's timeline, and gpu_bench.py's CPU-runnable
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -66,6 +67,40 @@ def test_phases_from_a_runs_timeline():
     assert phases["total"] == 40.0
 
 
+def _run_record(first_step: float, epochs: list[float]) -> dict:
+    periods = [later - earlier for earlier, later in zip(epochs, epochs[1:], strict=False)]
+    return {"first_step": first_step, "tail": 1.0, "epoch_periods": periods,
+            "config_ready": 1.0, "ray_ready": 9.0, "worker_start": 28.0, "model_ready": 30.0, "data_ready": 30.5}
+
+
+def test_the_start_up_rows_are_ratios_to_ray_trains_floor():
+    args = argparse.Namespace(epoch_images=256, batch=128)
+    runs = {"in-process (--local)": [_run_record(6.0, [10.0, 20.0, 30.0])],
+            "Ray Train, 1 worker": [_run_record(36.0, [40.0, 51.0, 62.0])],
+            "Ray Train, 2 workers": [_run_record(40.0, [45.0, 55.0, 65.0])]}
+    floors = [{"python_start": 0.8, "ray_ready": 9.0, "fits": [{"to_function": 19.0, "total": 20.0},
+                                                              {"to_function": 16.0, "total": 17.0},
+                                                              {"to_function": 17.0, "total": 18.0}]}]
+    rows = {row["what"]: row for row in bench.build_rows(None, runs, args, floors)}
+    fresh = rows["Ray Train floor: Enter to a no-op train function, fresh local Ray"]
+    assert fresh["seconds"] == 28.0  # ray.init at 9 s, then 19 s to the function
+    assert rows["Ray Train floor: fit() to a no-op train function, warm Ray"]["seconds"] == 16.5
+    assert rows["Ray Train, 1 worker: Enter to first step"]["ratio"] == 36.0 / 28.0
+    assert rows["in-process (--local): Enter to first step"]["ratio"] is None
+    assert rows["Ray Train, 1 worker: epoch"]["ratio"] == 11.0 / 10.0
+    no_floor = {row["what"]: row for row in bench.build_rows(None, runs, args)}
+    assert no_floor["Ray Train, 1 worker: Enter to first step"]["ratio"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_floor_times_no_op_fits_on_one_local_ray():
+    floor = json.loads(_run("ray_floor.py", "--fits", "2").strip().splitlines()[-1])
+    assert 0 < floor["python_start"] < floor["ray_ready"]
+    assert len(floor["fits"]) == 2
+    assert all(0 < fit["to_function"] < fit["total"] for fit in floor["fits"])
+
+
 @pytest.mark.slow
 def test_gpu_bench_runs_its_cpu_parts():
     stdout = _run("gpu_bench.py", "--device", "cpu", "--train-size", "64", "--test-size", "32", "--batch", "32",
@@ -83,3 +118,16 @@ def test_an_unwritable_timeline_never_stops_a_run(tmp_path, monkeypatch):
     monkeypatch.setenv(timeline.ENV, str(tmp_path / "t.jsonl"))
     timeline.mark("loop_start", rank=0)
     assert [mark["event"] for mark in timeline.read(tmp_path / "t.jsonl")] == ["loop_start"]
+
+
+def test_cpu_by_process_finds_the_process_that_burns_cpu():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        stdout = _run("cpu_by_process.py", "--seconds", "1.5")
+    finally:
+        busy.kill()
+        busy.wait()
+    lines = [line.split(None, 3) for line in stdout.splitlines()[1:-1]]
+    busiest = {int(pid): float(seconds) for seconds, _, pid, _ in lines}
+    assert busiest.get(busy.pid, 0) > 0.5, stdout
+    assert "of the machine" in stdout.splitlines()[-1]
