@@ -15,10 +15,12 @@ import errno
 import os
 import sys
 import traceback
+from typing import NoReturn
 
 import click
 
 from rsam_dist.errors import UserError
+from rsam_dist.process_exit import exit_code_of, exit_now
 from rsam_dist.signals import sigterm_as_interrupt
 
 SET_HELP = "Override a config value, e.g. --set model.glimpses=6 (repeatable)."
@@ -199,5 +201,13 @@ def _register_subcommands() -> None:
 
 _register_subcommands()
 
+
+def run() -> NoReturn:
+    """The `rsam-dist` console script: `main`, then an exit that skips the interpreter's teardown
+    of torch and Ray (rsam_dist.process_exit; it leaves `main` itself, which tests invoke in-process,
+    as Click made it)."""
+    exit_now(exit_code_of(main))
+
+
 if __name__ == "__main__":
-    main()
+    run()

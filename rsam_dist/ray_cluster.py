@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from rsam_dist import timeline
 from rsam_dist.errors import UserError
 from rsam_dist.signals import sigterm_as_interrupt
 
@@ -204,3 +205,4 @@ def connect(address: str | None = None, num_cpus: int | None = None,
             yield
     finally:
         ray.shutdown()
+        timeline.mark("ray_shut_down")
