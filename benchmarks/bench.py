@@ -15,7 +15,7 @@ elsewhere hits them alike), and reported as medians with ratios:
     before any rsam-dist code runs, so the Enter-to-first-step rows give their ratio to it.
 The table goes to runs/bench/bench.md and bench.json (and a timestamped copy of each).
 
-    python benchmarks/bench.py                     # everything (starts a local Ray 3 times)
+    python benchmarks/bench.py                     # everything (starts a local Ray 4 times)
     python benchmarks/bench.py --skip-ray          # in-process arms only
     python benchmarks/bench.py --repeats 3 --epoch-images 1280 --ray-lock /tmp/rsam-ray.lock
 """
