@@ -3,7 +3,7 @@
 Starts a local Ray the way `rsam-dist train` does (rsam_dist.ray_cluster.connect: dashboard on,
 the same RAY_* settings), then fits a `TorchTrainer` whose training function does nothing but
 note the time, `--fits` times in a row on that one Ray (the first on a fresh Ray, the rest on a
-warm one), with one worker holding every CPU of the machine as rsam-dist's default does. Prints
+warm one), with one worker holding the CPUs rsam-dist's default (`auto`) gives it: all of them. Prints
 one JSON line:
 
     {"python_start": s, "ray_ready": s, "fits": [{"to_function": s, "total": s}, ...]}
@@ -30,13 +30,14 @@ from pathlib import Path  # noqa: E402
 
 def process_start_time() -> float:
     """When the kernel started this process (Unix seconds): the interpreter's own start-up
-    counts, as it does for `rsam-dist train`."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    started_after_boot = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return int(line.split()[1]) + started_after_boot
-    return STARTED
+    counts, as it does for `rsam-dist train`. Without /proc, when this module began."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return STARTED
+    started_after_boot = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return int(boot.split()[1]) + started_after_boot
 
 
 def note_entry(loop_config: dict) -> None:
@@ -48,9 +49,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fits", type=int, default=3)
     args = parser.parse_args()
-    began = process_start_time() if Path("/proc/self/stat").exists() else STARTED
+    began = process_start_time()
 
     from rsam_dist.ray_cluster import connect  # sets the RAY_* environment before ray is imported
+    from rsam_dist.resources import local_node_resources
+    from rsam_dist.worker_cpus import cpus_per_worker
+
+    # The CPUs `scaling.cpus_per_worker: auto` gives one worker here, by Ray's count (cgroup limits
+    # included): asking for more than Ray has would wait for ever.
+    cpus = cpus_per_worker(1, [local_node_resources() or {"CPU": float(os.cpu_count() or 1)}])
 
     with connect(), tempfile.TemporaryDirectory(prefix="ray-floor-") as scratch:
         ray_ready = time.time()
@@ -64,7 +71,7 @@ def main() -> None:
             TorchTrainer(
                 note_entry,
                 train_loop_config={"entered_file": str(entered_file)},
-                scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": os.cpu_count() or 1}),
+                scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": cpus}),
                 run_config=RunConfig(storage_path=scratch, name=f"floor-{index}"),
             ).fit()
             returned = time.time()
