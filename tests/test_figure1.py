@@ -34,3 +34,19 @@ def test_one_row_per_probe_image_and_two_columns_per_glimpse():
     wider = _render(count=1, glimpses=3)
     assert taller.shape[0] >= small.shape[0] + 2 * 32 * SCALE
     assert wider.shape[1] >= small.shape[1] + 4 * 32 * SCALE
+
+
+def test_the_image_tile_is_the_image_pixel_for_pixel():
+    """No resampling: every 32x32 pixel becomes a SCALE x SCALE block of exactly its colour."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 3, 32, 32, generator=generator) * 2 - 1  # normalised, as the model sees them
+    masks = torch.rand(2, 1, 32, 32, generator=generator)
+    figure = render_figure1(images, masks, torch.tensor([3]), torch.zeros(3, 1, dtype=torch.long),
+                            CLASS_NAMES["cifar10"])
+    shown = (images[0] * 0.5 + 0.5).clamp(0, 1)
+    expected = (shown * 255).round().to(torch.uint8).repeat_interleave(SCALE, 1).repeat_interleave(SCALE, 2)
+    expected = expected.permute(1, 2, 0).numpy()
+    corner = np.argwhere(np.all(figure == expected[0, 0], axis=-1))
+    found = [(y, x) for y, x in corner if figure[y:y + 32 * SCALE, x:x + 32 * SCALE].shape == expected.shape
+             and np.array_equal(figure[y:y + 32 * SCALE, x:x + 32 * SCALE], expected)]
+    assert len(found) == 1, f"the image tile was not found pixel for pixel ({len(corner)} candidate corners)"
