@@ -8,7 +8,7 @@ row says the true class and the combined prediction, and each masked tile that g
 
 The tiles are laid out pixel for pixel in one array and matplotlib only writes the words on it:
 a grid of one matplotlib axes per tile took 2.2 s per figure (72 axes for 8 probe images), which
-every epoch paid (a fifth of a 2,560-image epoch on 2 cores); this takes 0.4 s.
+every epoch paid (a fifth of a 2,560-image epoch on 2 cores); this takes 0.4-0.5 s.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ TITLE_SPACE = 24
 GUESS_SPACE = 18
 """Pixels below each row, for the glimpses' guesses."""
 ROW_GAP = 10
+"""Pixels between a row's guesses and the next row."""
 LABEL_SPACE = 58
 """Pixels left of the first column, for each row's true and predicted class (three rotated lines)."""
 
