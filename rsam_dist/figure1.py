@@ -39,8 +39,8 @@ LABEL_SPACE = 58
 
 
 def _upscale(tile: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H*SCALE, W*SCALE, 3)."""
-    big = tile.repeat_interleave(SCALE, -1).repeat_interleave(SCALE, -2)
+    """(C, H, W) in [0, 1] -> (H*SCALE, W*SCALE, 3) uint8."""
+    big = (tile * 255).round().to(torch.uint8).repeat_interleave(SCALE, -1).repeat_interleave(SCALE, -2)
     if big.shape[0] == 1:
         big = big.expand(3, -1, -1)
     return big.permute(1, 2, 0).numpy()
@@ -71,7 +71,7 @@ def render_figure1(
 
     width = tile_left(columns) - GAP
     height = tile_top(count) - ROW_GAP
-    pixels = np.ones((height, width, 3), dtype=np.float32)  # white paper
+    pixels = np.full((height, width, 3), 255, dtype=np.uint8)  # white paper
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
 
     def write(x: float, y: float, text: str, **style) -> None:
@@ -98,7 +98,7 @@ def render_figure1(
         verdict = "right" if truth == guess else "wrong"
         write(LABEL_SPACE - 6, top + TILE / 2, f"true: {truth}\npredicted: {guess}\n({verdict})", fontsize=9,
               rotation=90, ha="right", va="center", multialignment="center")
-    figure.figimage((pixels * 255).round().astype(np.uint8), 0, 0, origin="upper")  # under the text, pixel for pixel
+    figure.figimage(pixels, 0, 0, origin="upper")  # under the text, pixel for pixel
     canvas = FigureCanvasAgg(figure)  # no pyplot: no global state, safe in Ray workers
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
