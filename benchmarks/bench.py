@@ -338,16 +338,29 @@ def build_rows(inproc: dict | None, runs: dict | None, args, floors: list[dict] 
             rows.append({"what": f"{name}: tail after the last epoch", "seconds": median(tails),
                          "images_per_second": None, "ratio": None, "versus": "", "note": "last epoch end to exit"})
         if floors:
+            fresh_fits = [floor["fits"][0] for floor in floors]
             rows.append({"what": "Ray Train floor: Enter to a no-op train function, fresh local Ray",
                          "seconds": fresh_floor, "images_per_second": None, "ratio": None, "versus": "",
-                         "note": "reached at: python {:.1f}, ray.init {:.1f} (benchmarks/ray_floor.py)".format(
+                         "note": "reached at: python {:.1f}, ray.init {:.1f} (benchmarks/ray_floor.py){}".format(
                              median([floor["python_start"] for floor in floors]),
-                             median([floor["ray_ready"] for floor in floors]))})
-            warm_fits = [fit["to_function"] for floor in floors for fit in floor["fits"][1:]]
+                             median([floor["ray_ready"] for floor in floors]), cpu_note(fresh_fits, "from fit() on"))})
+            warm_fits = [fit for floor in floors for fit in floor["fits"][1:]]
             rows.append({"what": "Ray Train floor: fit() to a no-op train function, warm Ray",
-                         "seconds": median(warm_fits), "images_per_second": None, "ratio": None, "versus": "",
-                         "note": "the least a run on a running Ray, or a sweep trial, waits for its function"})
+                         "seconds": median([fit["to_function"] for fit in warm_fits]), "images_per_second": None,
+                         "ratio": None, "versus": "", "note": "the least a run on a running Ray, or a sweep trial, "
+                         "waits for its function" + cpu_note(warm_fits, "meanwhile")})
     return rows
+
+
+def cpu_note(fits: list[dict], when: str) -> str:
+    """How busy the CPUs were until the function ran (ray_floor.py's counters; empty without them):
+    near 100%, Ray Train's start is work the cores do, not waiting."""
+    measured = [fit for fit in fits if fit.get("cpu_busy") is not None]
+    if not measured:
+        return ""
+    return "; CPUs {:.0f}% busy {} ({:.1f} CPU-seconds)".format(
+        100 * median([fit["cpu_busy"] for fit in measured]), when,
+        median([fit["cpu_seconds"] for fit in measured]))
 
 
 def phase_note(runs: list[dict]) -> str:

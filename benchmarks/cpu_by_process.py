@@ -23,7 +23,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
-    """pid -> (name, CPU seconds so far) of every process of this user."""
+    """pid -> (name, CPU seconds so far) of every process of this user; empty without /proc."""
+    if not Path("/proc/self/stat").exists():
+        return {}
     me = os.getuid()
     found = {}
     for entry in Path("/proc").iterdir():
@@ -34,9 +36,12 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
                 continue
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            # Empty for kernel threads, and for a Ray worker while Ray retitles it (each new task
+            # does): then the kernel's name of it, cut to 15 characters (`ray::Synchroniz`).
+            command = command or (entry / "comm").read_text().strip()
         except OSError:  # it ended meanwhile
             continue
-        name = command.split(" ")[0] if command.startswith("ray::") else command[:100]
+        name = command.split(" ")[0] if command.startswith("ray::") else command
         found[int(entry.name)] = (name or f"[{entry.name}]", (int(fields[11]) + int(fields[12])) / TICKS)
     return found
 
@@ -54,7 +59,7 @@ def main() -> None:
     capacity = args.seconds * (os.cpu_count() or 1)
     print(f"CPU seconds in {args.seconds:.0f} s on {os.cpu_count()} cores ({capacity:.0f} CPU-seconds in all):")
     for seconds, name, pid in used[: args.top]:
-        print(f"{seconds:8.2f}  {100 * seconds / capacity:5.1f}%  {pid:>7}  {name}")
+        print(f"{seconds:8.2f}  {100 * seconds / capacity:5.1f}%  {pid:>7}  {name[:100]}")
     rest = sum(seconds for seconds, _, _ in used[1:])
     print(f"all but the busiest: {rest:.2f} CPU-seconds, {100 * rest / capacity:.1f}% of the machine")
 

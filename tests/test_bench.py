@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench  # noqa: E402  (a script beside its sibling author_loop.py, not a package)
+import ray_floor  # noqa: E402
 
 
 def _run(script: str, *arguments: str) -> str:
@@ -78,18 +79,35 @@ def test_the_start_up_rows_are_ratios_to_ray_trains_floor():
     runs = {"in-process (--local)": [_run_record(6.0, [10.0, 20.0, 30.0])],
             "Ray Train, 1 worker": [_run_record(36.0, [40.0, 51.0, 62.0])],
             "Ray Train, 2 workers": [_run_record(40.0, [45.0, 55.0, 65.0])]}
-    floors = [{"python_start": 0.8, "ray_ready": 9.0, "fits": [{"to_function": 19.0, "total": 20.0},
-                                                              {"to_function": 16.0, "total": 17.0},
-                                                              {"to_function": 17.0, "total": 18.0}]}]
+    floors = [{"python_start": 0.8, "ray_ready": 9.0,
+               "fits": [{"to_function": 19.0, "total": 20.0, "cpu_busy": 0.70, "cpu_seconds": 26.6},
+                        {"to_function": 16.0, "total": 17.0, "cpu_busy": 0.80, "cpu_seconds": 25.6},
+                        {"to_function": 17.0, "total": 18.0, "cpu_busy": 0.90, "cpu_seconds": 30.6}]}]
     rows = {row["what"]: row for row in bench.build_rows(None, runs, args, floors)}
     fresh = rows["Ray Train floor: Enter to a no-op train function, fresh local Ray"]
     assert fresh["seconds"] == 28.0  # ray.init at 9 s, then 19 s to the function
-    assert rows["Ray Train floor: fit() to a no-op train function, warm Ray"]["seconds"] == 16.5
+    warm = rows["Ray Train floor: fit() to a no-op train function, warm Ray"]
+    assert warm["seconds"] == 16.5
+    assert "CPUs 85% busy meanwhile (28.1 CPU-seconds)" in warm["note"]  # the medians of the warm fits
+    assert "CPUs 70% busy from fit() on (26.6 CPU-seconds)" in fresh["note"]
     assert rows["Ray Train, 1 worker: Enter to first step"]["ratio"] == 36.0 / 28.0
     assert rows["in-process (--local): Enter to first step"]["ratio"] is None
     assert rows["Ray Train, 1 worker: epoch"]["ratio"] == 11.0 / 10.0
     no_floor = {row["what"]: row for row in bench.build_rows(None, runs, args)}
     assert no_floor["Ray Train, 1 worker: Enter to first step"]["ratio"] is None
+
+
+def test_ray_floor_sums_the_cpu_of_each_kind_of_process_by_rays_names():
+    snapshots = {
+        "before": {1: ("ray::TrainController.run", 1.0), 9: ("raylet --node", 5.0)},
+        "entered": {1: ("ray::TrainController.run", 3.5), 2: ("ray::Synchroniz", 2.0), 3: ("ray::RayTrainWo", 4.0),
+                    4: ("/venv/bin/python -u /ray/_private/log_monitor.py --x", 0.5), 9: ("raylet --node", 5.0),
+                    5: ("ray::PlacementGroupCleaner.stop", 1.0), 6: ("ray::PlacementGroupCleaner", 2.0)},
+    }
+    actors = {2: "ray::SynchronizationActor", 3: "ray::RayTrainWorker"}  # Ray's record of the cut names
+    assert ray_floor.by_process(snapshots, actors) == {
+        "ray::RayTrainWorker": 4.0, "ray::PlacementGroupCleaner": 3.0, "ray::TrainController": 2.5,
+        "ray::SynchronizationActor": 2.0, "python log_monitor.py": 0.5}  # the raylet spent nothing
 
 
 @pytest.mark.slow
@@ -99,6 +117,9 @@ def test_ray_floor_times_no_op_fits_on_one_local_ray():
     assert 0 < floor["python_start"] < floor["ray_ready"]
     assert len(floor["fits"]) == 2
     assert all(0 < fit["to_function"] < fit["total"] for fit in floor["fits"])
+    if sys.platform == "linux":  # /proc/stat's counters, read by the driver and by the worker
+        assert all(0 < fit["cpu_busy"] <= 1 and fit["cpu_seconds"] > 0 for fit in floor["fits"])
+        assert all({"ray::TrainController", "ray::RayTrainWorker"} <= set(fit["by_process"]) for fit in floor["fits"])
 
 
 @pytest.mark.slow
