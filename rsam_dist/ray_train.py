@@ -140,17 +140,20 @@ def load_checkpoint_or_older(checkpoint, run: RunDir, shapes: dict[str, tuple[in
 
 def build_trainer(config: Config, run: RunDir, callbacks: Sequence[Any] = (), quiet: bool = False,
                   trial: dict[str, Any] | None = None):
-    """The TorchTrainer for `config`, storing its checkpoints in `run`. `trial`: a sweep trial's
-    {"label", "params"} (recorder.TrialIdentity), for its TensorBoard run."""
+    """The TorchTrainer for `config` (one that starts no idle Ray Data actor: lean_trainer), storing
+    its checkpoints in `run`. `trial`: a sweep trial's {"label", "params"} (recorder.TrialIdentity),
+    for its TensorBoard run."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from rsam_dist.lean_trainer import LeanTorchTrainer
 
     scaling = config.scaling
     use_gpu = scaling.gpus_per_worker > 0
     resources = {"CPU": scaling.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
-    return TorchTrainer(
+    return LeanTorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run": {"storage": run.storage, "name": run.name},
                            "quiet": quiet, "trial": trial},

@@ -35,7 +35,7 @@ from rsam_dist.config import DEBUG_MODEL
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file (processes.py)
 
-from processes import Head, start_head, stop_head, trainer_resources  # noqa: E402
+from processes import Head, ensure_auth_token, head_environment, start_head, stop_head, trainer_resources  # noqa: E402
 from sweep_files import write_sweep  # noqa: E402
 
 SHARED_HEAD_CPUS = 2
@@ -168,8 +168,10 @@ def ray_address(shared_head: SharedHead) -> str:
 
 @pytest.fixture
 def exclusive_ray(shared_head: SharedHead) -> None:
-    """No shared head while this test runs: it starts a Ray of its own."""
+    """No shared head while this test runs: it starts a Ray of its own (with token auth, so with a
+    token, also when it is the first test to start a Ray)."""
     shared_head.stop()
+    ensure_auth_token(head_environment())
 
 
 # --- two real sweeps, shared by test_sweep.py and test_report.py -------------------------------

@@ -158,13 +158,19 @@ def head_environment() -> dict[str, str]:
     return env
 
 
+def ensure_auth_token(env: dict[str, str]) -> None:
+    """A Ray started with token auth needs a token, and looks for it in HOME (a temporary one in
+    the tests): made the first time a test starts a Ray, whichever test that is."""
+    token = Path(env["HOME"]) / ".ray" / "auth_token"
+    if not token.exists():
+        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
+
+
 def start_head(temp_dir: Path, *flags: str, timeout_s: float = 120.0) -> Head:
     """`ray start --head --block` on loopback with free ports and its own `temp_dir` (keep that
     path short: Ray's unix socket paths must stay under 108 characters)."""
     env = head_environment()
-    token = Path(env["HOME"]) / ".ray" / "auth_token"
-    if not token.exists():  # `ray start` with token auth needs one; it lands in HOME (a temporary one)
-        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
+    ensure_auth_token(env)
     ports = {flag: free_port() for flag in PORT_FLAGS}
     command = [
         RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
