@@ -215,25 +215,6 @@ def test_two_nodes_strict_spread(tmp_path, exclusive_ray):
         cluster.shutdown()
 
 
-def test_a_run_leaves_out_only_ray_trains_datasets_callback(tmp_path):
-    """rsam-dist hands Ray no Datasets, so Ray Train's DatasetsCallback would only start an idle
-    DatasetManager actor for each run; every other callback Ray Train adds stays. A trainer given
-    datasets keeps them all."""
-    from ray.train.torch import TorchTrainer
-
-    from rsam_dist.lean_trainer import LeanTorchTrainer
-    from rsam_dist.ray_train import build_trainer
-
-    def names(trainer) -> list[str]:
-        return [type(callback).__name__ for callback in trainer._create_default_callbacks()]
-
-    config = run_config(tmp_path, "lean")
-    stock = names(TorchTrainer(lambda: None))
-    assert "DatasetsCallback" in stock
-    assert names(build_trainer(config, RunDir.for_config(config))) == [n for n in stock if n != "DatasetsCallback"]
-    assert names(LeanTorchTrainer(lambda: None, datasets={"train": lambda: None})) == stock
-
-
 # --- on the shared head ---------------------------------------------------------------------------
 
 
